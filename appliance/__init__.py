@@ -1,0 +1,1 @@
+"""A one-shot provisioner for a secure, containerized Jupyter appliance."""

@@ -1,0 +1,136 @@
+"""Command line: parse, build the frozen config, run one command, exit.
+
+This is the only module that exits; everything else raises ApplianceError.
+"""
+import argparse
+import os
+import sys
+
+from . import config
+from .errors import ApplianceError
+
+DESCRIPTION = """\
+Provision a secure, containerized Jupyter appliance: a data-science Jupyter
+image in a container, behind nginx with TLS and a bcrypt password, notebooks
+kept on the host. Without --host, commands act on a local droplet (a Debian 12
+container with systemd and sshd on this machine)."""
+
+
+def say(msg):
+    print(msg, flush=True)
+
+
+def _target_flags(p, server=True):
+    g = p.add_argument_group("target")
+    g.add_argument("--config", metavar="FILE", help="TOML file with settings (same names as the flags)")
+    g.add_argument("--host", help="IP or DNS name of the server (default: the local droplet)")
+    g.add_argument("--domain", metavar="NAME", help="DNS name for the certificate and the URL")
+    g.add_argument("--user", help="Linux user on the server and login name in the browser (default ds)")
+    g.add_argument("--password-file", metavar="F", help="file holding the password (or set $APPLIANCE_PASSWORD)")
+    g.add_argument("--state-dir", metavar="DIR", help="where CA, certificate and htpasswd are kept "
+                   "(default .appliance/ beside provision.py)")
+    if server:
+        g.add_argument("--ssh-user", help="SSH login (default root; e.g. ubuntu with sudo on EC2)")
+        g.add_argument("--ssh-port", type=int, help="SSH port (default 22)")
+        g.add_argument("--ssh-key", metavar="PATH", help="private key for SSH")
+        g.add_argument("--image", help="notebook image (default scipy)")
+
+
+def _image_flags(p):
+    p.add_argument("--image", help="image to build (default scipy)")
+    p.add_argument("--base-image", metavar="REF", help="root image (default debian:bookworm-slim)")
+    p.add_argument("--ca-bundle", metavar="PATH", help="extra CA certificates trusted during the build "
+                   "(for a TLS-intercepting proxy)")
+    p.add_argument("--package", action="append", default=[], metavar="NAME==VER",
+                   help="add a Python package on top (repeatable)")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="provision.py", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="provision the server (or the local droplet) into the appliance")
+    _target_flags(up)
+    up.add_argument("--ca-bundle", metavar="PATH", help="extra CA certificates trusted while building the image")
+
+    down = sub.add_parser("down", help="stop and remove the local droplet (notebooks are kept)")
+    down.add_argument("--purge", action="store_true", help="also delete the droplet's notebooks and engine data")
+
+    render = sub.add_parser("render", help="write every file the server would get under DIR; touches no server")
+    _target_flags(render, server=False)
+    render.add_argument("--out", required=True, metavar="DIR", help="output directory")
+
+    build = sub.add_parser("build", help="build a notebook image with the local Docker engine")
+    _image_flags(build)
+
+    images = sub.add_parser("images", help="print the versions manifest of a built image")
+    images.add_argument("--image", default="scipy", help="image name (default scipy)")
+    return p
+
+
+def _config(args):
+    fields = {f: getattr(args, f, None) for f in ("host", "domain", "user", "password_file", "state_dir",
+                                                  "ssh_user", "ssh_port", "ssh_key", "image")}
+    return config.load(fields, config_file=getattr(args, "config", None))
+
+
+def cmd_render(args):
+    from . import render
+    cfg = _config(args)
+    state, cert, where = render.prepare(cfg, say=say)
+    files = render.render(cfg, state, args.out)
+    for item in files:
+        say(f"  {os.path.join(args.out, item.path.lstrip('/'))}")
+    say(f"Rendered {len(files)} files for {cfg.url}")
+    say(f"Certificate SHA-256 fingerprint: {render.tls.fingerprint(cert)}")
+    say(f"Login: {cfg.user}, with {where}")
+
+
+def cmd_build(args):
+    from . import images
+    name = images.build(args.image or "scipy", base_image=args.base_image, ca_bundle=args.ca_bundle,
+                        packages=tuple(args.package))
+    say(f"Built {name}")
+
+
+def cmd_images(args):
+    from . import images
+    say(images.format_manifest(images.manifest(args.image)))
+
+
+def cmd_up(args):
+    from . import deploy
+    deploy.up(_config(args), ca_bundle=args.ca_bundle, say=say)
+
+
+def cmd_down(args):
+    from . import droplet
+    droplet.down(purge=args.purge, say=say)
+
+
+COMMANDS = {"render": cmd_render, "build": cmd_build, "images": cmd_images, "up": cmd_up, "down": cmd_down}
+
+
+def run(argv=None):
+    """Run one command; returns the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+        return 0
+    except ApplianceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; nothing half-written was kept, run the same command again", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one readable line, the traceback only on request
+        if os.environ.get("APPLIANCE_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (set APPLIANCE_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 70
+
+
+def main():
+    sys.exit(run())

@@ -1,0 +1,7 @@
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fixtures_docker import *  # noqa: E402,F401,F403  (Docker engine, base image, tracked containers)

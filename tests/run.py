@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Run the test suite on a fresh Debian 12 machine: `python3 tests/run.py [pytest args]`.
+
+Installs what the tests need (Debian packages as root, the pinned Python
+packages with the test extras into .venv), then runs pytest. The Docker engine
+and the base image are made ready by the session fixtures. Quick subset while
+iterating: `python3 tests/run.py -m "not e2e"`.
+"""
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance import bootstrap  # noqa: E402
+from appliance.errors import ApplianceError  # noqa: E402
+
+DEBIAN_PACKAGES = ["nginx", "apache2-utils", "openssl", "debootstrap", "chromium", "openssh-client"]
+
+if __name__ == "__main__":
+    try:
+        if not bootstrap.in_venv():
+            bootstrap.apt_install(DEBIAN_PACKAGES, "the tests")
+        bootstrap.reexec_in_venv(__file__, extras=("test",))
+    except ApplianceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    import pytest
+    os.chdir(ROOT)
+    sys.exit(pytest.main(["tests", *sys.argv[1:]]))

@@ -1,0 +1,204 @@
+"""The rendered site in a real nginx in front of a real Jupyter Server.
+
+Paths of the rendered files are rebased onto a temporary directory and the
+ports moved to 18080/18443 on 127.0.0.1; everything else is what the server
+gets.
+"""
+import base64
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from appliance import config, render
+
+HTTP, HTTPS = 18080, 18443
+PASSWORD = "nginx test password"
+pytestmark = pytest.mark.skipif(not shutil.which("nginx"), reason="needs Debian's nginx (tests/run.py installs it)")
+
+
+def _wait(check, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _listening(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def site():
+    base = Path(tempfile.mkdtemp(prefix="appliance-nginx-"))
+    os.chmod(base, 0o755)  # nginx workers (www-data) walk into it, as on the server
+    cfg = config.load({"host": "127.0.0.1", "state_dir": str(base / "state"), "http_port": HTTP,
+                       "https_port": HTTPS, "public_https_port": HTTPS}, env={})
+    state, cert, _ = render.prepare(cfg, say=lambda m: None, interactive=False,
+                                    env={"APPLIANCE_PASSWORD": PASSWORD})
+    out = base / "out"
+    files = render.render(cfg, state, out)
+    os.chmod(out, 0o755)
+
+    def rebase(text):
+        return text.replace("/etc/appliance", f"{out}/etc/appliance").replace("/run/jupyter", f"{base}/run")
+
+    for item in files:  # the owners and modes Ansible gives them on the server
+        path = out / item.path.lstrip("/")
+        shutil.chown(path, "root", item.group)
+        os.chmod(path, int(item.mode, 8))
+        for parent in path.relative_to(out).parents:
+            os.chmod(out / parent, 0o755)
+        if item.path in (render.NGINX_SITE, render.JUPYTER_CONFIG):
+            path.write_text(rebase(path.read_text()))
+    run = base / "run"
+    run.mkdir()
+    shutil.chown(run, "root", "www-data")
+    os.chmod(run, 0o2750)
+    notebooks = base / "notebooks"
+    notebooks.mkdir()
+    jupyter_log = open(base / "jupyter.log", "w")
+    jupyter = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--allow-root",
+                                f"--config={out}{render.JUPYTER_CONFIG}", f"--ServerApp.root_dir={notebooks}"],
+                               stdout=jupyter_log, stderr=subprocess.STDOUT, cwd=base)
+    conf = base / "nginx.conf"
+    conf.write_text(f"""user www-data;
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {base}/access.log;
+    client_body_temp_path {base}/body;
+    proxy_temp_path {base}/proxy;
+    include {out}{render.NGINX_SITE};
+}}
+""")
+    nginx = None
+    try:
+        _wait(lambda: (run / "jupyter.sock").exists(), "Jupyter's socket")
+        check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
+        _wait(lambda: _listening(HTTP) and _listening(HTTPS), "nginx")
+        yield {"cfg": cfg, "out": out, "state": state, "cert": cert, "base": base,
+               "ca": str(out / render.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}"}
+    finally:
+        if nginx:
+            nginx.terminate()
+            nginx.wait(10)
+        jupyter.terminate()
+        jupyter.wait(10)
+        jupyter_log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _session(site, password=PASSWORD):
+    s = requests.Session()
+    s.trust_env = False  # REQUESTS_CA_BUNDLE would override our CA
+    s.verify = site["ca"]
+    s.auth = (site["cfg"].user, password)
+    # Tornado's double-submit XSRF check: the same token as cookie and header, as JupyterLab sends.
+    token = uuid.uuid4().hex
+    s.cookies.set("_xsrf", token, domain="127.0.0.1")
+    s.headers["X-XSRFToken"] = token
+    return s
+
+
+def test_http_only_redirects(site):
+    r = requests.get(f"http://127.0.0.1:{HTTP}/lab?x=1", allow_redirects=False)
+    assert r.status_code == 308
+    assert r.headers["Location"] == f"https://127.0.0.1:{HTTPS}/lab?x=1"
+    assert "nginx/" not in r.headers.get("Server", "")  # server_tokens off
+
+
+def test_login_required(site):
+    assert requests.get(f"{site['url']}/api/status", verify=site["ca"]).status_code == 401
+    assert _session(site, "wrong password").get(f"{site['url']}/api/status").status_code == 401
+    r = _session(site).get(f"{site['url']}/api/status")
+    assert r.status_code == 200 and "started" in r.json()
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_kernel_runs_over_websocket(site):
+    s = _session(site)
+    kernel = s.post(f"{site['url']}/api/kernels", json={"name": "python3"})
+    assert kernel.status_code == 201, kernel.text
+    kid = kernel.json()["id"]
+    try:
+        assert _execute(site, kid, "6*7") == "42"
+    finally:
+        s.delete(f"{site['url']}/api/kernels/{kid}")
+
+
+def _execute(site, kernel_id, code):
+    auth = requests.auth._basic_auth_str(site["cfg"].user, PASSWORD)
+    ws = websocket.create_connection(f"wss://127.0.0.1:{HTTPS}/api/kernels/{kernel_id}/channels",
+                                     header=[f"Authorization: {auth}"], origin=site["url"],
+                                     sslopt={"ca_certs": site["ca"], "cert_reqs": ssl.CERT_REQUIRED}, timeout=60)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                                       "session": uuid.uuid4().hex, "version": "5.3"},
+                            "parent_header": {}, "metadata": {}, "channel": "shell",
+                            "content": {"code": code, "silent": False, "store_history": False,
+                                        "user_expressions": {}, "allow_stdin": False}}))
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
+                return msg["content"]["data"]["text/plain"]
+    finally:
+        ws.close()
+
+
+def test_large_upload_accepted(site):
+    """A 1 MiB JupyterLab upload chunk is ~1.4 MB of base64 JSON; a 100 MB save must pass too."""
+    s = _session(site)
+    chunk = base64.b64encode(os.urandom(1024 * 1024)).decode()
+    r = s.put(f"{site['url']}/api/contents/upload.bin",
+              json={"type": "file", "format": "base64", "chunk": 1, "content": chunk})
+    assert r.status_code in (200, 201), r.text[:200]
+    big = "x" * (100 * 1024 * 1024)
+    r = s.put(f"{site['url']}/api/contents/big.txt", json={"type": "file", "format": "text", "content": big})
+    assert r.status_code in (200, 201), r.text[:200]
+    assert (site["base"] / "notebooks" / "big.txt").stat().st_size == len(big)
+
+
+def test_htpasswd_accepted_by_apache_tools(site):
+    htpasswd = site["out"] / render.HTPASSWD.lstrip("/")
+    r = subprocess.run(["htpasswd", "-v", "-i", str(htpasswd), site["cfg"].user], input=PASSWORD,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    bad = subprocess.run(["htpasswd", "-v", "-i", str(htpasswd), site["cfg"].user], input="nope",
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+def test_certificate_chain_verifies(site):
+    out = site["out"]
+    r = subprocess.run(["openssl", "verify", "-CAfile", site["ca"], str(out / render.TLS_CERT.lstrip("/"))],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_sslyze_mozilla_intermediate(site):
+    r = subprocess.run([sys.executable, "-m", "sslyze", "--mozilla_config=intermediate",
+                        f"--certinfo_ca_file={site['ca']}", f"127.0.0.1:{HTTPS}"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert f"127.0.0.1:{HTTPS}: OK - Compliant." in r.stdout, r.stdout[-3000:]
