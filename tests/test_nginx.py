@@ -5,22 +5,19 @@ ports moved to 18080/18443 on 127.0.0.1; everything else is what the server
 gets.
 """
 import base64
-import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import requests
-import websocket
 
+import jupyter_api
 from appliance import config, render
 
 HTTP, HTTPS = 18080, 18443
@@ -109,15 +106,7 @@ http {{
 
 
 def _session(site, password=PASSWORD):
-    s = requests.Session()
-    s.trust_env = False  # REQUESTS_CA_BUNDLE would override our CA
-    s.verify = site["ca"]
-    s.auth = (site["cfg"].user, password)
-    # Tornado's double-submit XSRF check: the same token as cookie and header, as JupyterLab sends.
-    token = uuid.uuid4().hex
-    s.cookies.set("_xsrf", token, domain="127.0.0.1")
-    s.headers["X-XSRFToken"] = token
-    return s
+    return jupyter_api.session(site["ca"], site["cfg"].user, password)
 
 
 def test_http_only_redirects(site):
@@ -136,34 +125,7 @@ def test_login_required(site):
 
 
 def test_kernel_runs_over_websocket(site):
-    s = _session(site)
-    kernel = s.post(f"{site['url']}/api/kernels", json={"name": "python3"})
-    assert kernel.status_code == 201, kernel.text
-    kid = kernel.json()["id"]
-    try:
-        assert _execute(site, kid, "6*7") == "42"
-    finally:
-        s.delete(f"{site['url']}/api/kernels/{kid}")
-
-
-def _execute(site, kernel_id, code):
-    auth = requests.auth._basic_auth_str(site["cfg"].user, PASSWORD)
-    ws = websocket.create_connection(f"wss://127.0.0.1:{HTTPS}/api/kernels/{kernel_id}/channels",
-                                     header=[f"Authorization: {auth}"], origin=site["url"],
-                                     sslopt={"ca_certs": site["ca"], "cert_reqs": ssl.CERT_REQUIRED}, timeout=60)
-    try:
-        msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                                       "session": uuid.uuid4().hex, "version": "5.3"},
-                            "parent_header": {}, "metadata": {}, "channel": "shell",
-                            "content": {"code": code, "silent": False, "store_history": False,
-                                        "user_expressions": {}, "allow_stdin": False}}))
-        while True:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
-                return msg["content"]["data"]["text/plain"]
-    finally:
-        ws.close()
+    assert jupyter_api.execute(site["url"], site["ca"], site["cfg"].user, PASSWORD, "6*7") == "42"
 
 
 def test_large_upload_accepted(site):

@@ -1,0 +1,267 @@
+"""`up`: turn a server (or the local droplet) into the appliance over SSH.
+
+Steps: reach the server, prepare the local state (CA, certificate, htpasswd),
+render the server's files into a private temporary directory, make sure the
+notebook image is on the server (built here, streamed over SSH only when the
+server lacks that exact image), then run the Ansible playbook through
+ansible-runner with a live progress display.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import ansible_runner
+
+from . import bootstrap, images, render, tls
+from .errors import DeployError
+
+PLAYBOOK = Path(__file__).resolve().parent.parent / "ansible" / "site.yml"
+DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+class Target:
+    """How to reach one server over SSH."""
+
+    def __init__(self, host, port, user, key, known_hosts, control_dir):
+        self.host, self.port, self.user, self.key = host, port, user, key
+        self.known_hosts, self.control_dir = known_hosts, control_dir
+
+    def ssh_options(self):
+        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+                "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
+                "-o", f"ControlPath={self.control_dir}/%C"]
+        if self.key:
+            opts += ["-o", "IdentitiesOnly=yes", "-i", self.key]
+        return opts
+
+    def ssh(self, command, **kwargs):
+        """Run a command on the server (a fixed string, never a secret)."""
+        return subprocess.run(["ssh", *self.ssh_options(), "-p", str(self.port), f"{self.user}@{self.host}",
+                               command], **kwargs)
+
+    def close(self):
+        """End the shared SSH connection (its socket lives in a directory about to go)."""
+        subprocess.run(["ssh", *self.ssh_options(), "-p", str(self.port), "-O", "exit",
+                        f"{self.user}@{self.host}"], capture_output=True)
+
+    def sudo(self, command):
+        return command if self.user == "root" else f"sudo -n {command}"
+
+
+def _public_key(key_path):
+    if key_path is None:
+        for name in DEFAULT_KEYS:
+            candidate = Path.home() / ".ssh" / name
+            if candidate.is_file():
+                key_path = str(candidate)
+                break
+        else:
+            raise DeployError("no SSH key: pass --ssh-key PATH (or create ~/.ssh/id_ed25519)")
+    r = subprocess.run(["ssh-keygen", "-y", "-f", key_path], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise DeployError(f"cannot read the SSH key {key_path} (is it a private key without a passphrase?)")
+    return key_path, r.stdout.strip()
+
+
+def check_reachable(target):
+    """A clear one-line error for the usual ways SSH fails."""
+    r = target.ssh("true", capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    if r.returncode == 0:
+        return
+    err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "no message"
+    where = f"{target.user}@{target.host}:{target.port}"
+    if "Could not resolve" in err or "Name or service not known" in err:
+        raise DeployError(f"the host {target.host} does not resolve")
+    if "Connection refused" in err:
+        raise DeployError(f"{where} refuses SSH connections (is sshd running, is the port right?)")
+    if "Permission denied" in err:
+        raise DeployError(f"{where} refused the SSH key {target.key or '(default keys)'}")
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in r.stderr:
+        raise DeployError(f"the SSH host key of {target.host} changed since the last run; if the server was "
+                          f"rebuilt, remove its line from {target.known_hosts}")
+    raise DeployError(f"cannot reach {where} over SSH: {err}")
+
+
+def ship_image(target, tag, say):
+    """Stream the image to the server (docker save | gzip | ssh docker load) unless it has it already.
+
+    Returns the number of bytes sent (0 when nothing was needed).
+    """
+    client = images.engine.client()
+    image_id = client.images.get(tag).id
+    r = target.ssh(target.sudo(f"docker image inspect --format '{{{{.Id}}}}' {tag}"),
+                   capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode == 0 and r.stdout.strip() == image_id:
+        say(f"Image {tag} is already on the server ({image_id[:19]})")
+        return 0
+    size = client.images.get(tag).attrs["Size"]
+    say(f"Sending image {tag} ({size / 1e6:.0f} MB uncompressed) to the server")
+    started = time.monotonic()
+    load = subprocess.Popen(["ssh", *target.ssh_options(), "-p", str(target.port),
+                             f"{target.user}@{target.host}", target.sudo("docker load -q")],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip format; docker load detects it
+    raw = sent = 0
+    try:
+        for chunk in client.api.get_image(tag, chunk_size=1 << 20):
+            data = gzip.compress(chunk)
+            load.stdin.write(data)
+            raw, sent = raw + len(chunk), sent + len(data)
+        data = gzip.flush()
+        load.stdin.write(data)
+        sent += len(data)
+        load.stdin.close()
+    except BrokenPipeError:
+        pass
+    err = load.stderr.read()
+    if load.wait() != 0:
+        raise DeployError(f"loading the image on the server failed: {err.decode(errors='replace').strip()}")
+    seconds = time.monotonic() - started
+    say(f"Image loaded on the server: {sent / 1e6:.0f} MB sent ({raw / 1e6:.0f} MB before compression) "
+        f"in {seconds:.0f} s")
+    return sent
+
+
+class Progress:
+    """Turns ansible-runner events into a live display and a summary."""
+
+    def __init__(self, out=sys.stdout):
+        self.out, self.tty = out, out.isatty()
+        self.task_no, self.task, self.failures, self.changed_tasks = 0, "", [], []
+
+    def _line(self, text):
+        if self.tty:
+            self.out.write("\r\033[K" + text[: shutil.get_terminal_size().columns - 1])
+        else:
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def __call__(self, event):
+        kind, data = event.get("event"), event.get("event_data", {})
+        if kind == "playbook_on_play_start":
+            self._line(f"PLAY {data.get('play', '')}")
+            if self.tty:
+                self.out.write("\n")
+        elif kind == "playbook_on_task_start":
+            self.task_no += 1
+            self.task = data.get("task", "")
+            if self.tty:
+                self._line(f"[task {self.task_no}] {self.task}")
+        elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
+            res = data.get("res", {}) or {}
+            status = {"runner_on_ok": "changed" if res.get("changed") else "ok",
+                      "runner_on_failed": "failed", "runner_on_unreachable": "unreachable",
+                      "runner_on_skipped": "skipped"}[kind]
+            if kind == "runner_on_failed" and data.get("ignore_errors"):
+                status = "failed (ignored)"
+            elif kind in ("runner_on_failed", "runner_on_unreachable"):
+                self.failures.append((data.get("task", self.task), data.get("host", ""), _message(res)))
+            if status == "changed":
+                self.changed_tasks.append(data.get("task", self.task))
+            if not self.tty or status not in ("ok", "skipped"):
+                self._line(f"[task {self.task_no}] {data.get('task', self.task)} | {data.get('host', '')}: {status}")
+                if self.tty:
+                    self.out.write("\n")
+        return True
+
+    def finish(self):
+        if self.tty:
+            self._line("")
+
+
+def _message(res):
+    if res.get("_ansible_no_log"):
+        return "(output hidden: the task handles secrets)"
+    parts = [str(res.get("msg", "")).strip()]
+    for key in ("stderr", "stdout", "module_stderr"):
+        text = str(res.get(key, "") or "").strip()
+        if text:
+            parts.append("\n".join(text.splitlines()[-15:]))
+    return "\n".join(p for p in parts if p) or "no message"
+
+
+def run_playbook(target, extravars, say, playbook=PLAYBOOK):
+    """Run the playbook against one target; returns the per-host stats."""
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with tempfile.TemporaryDirectory(prefix="appliance-runner-") as private:
+        os.chmod(private, 0o700)
+        inventory = {"appliance": {"hosts": {target.host: {
+            "ansible_host": target.host, "ansible_port": target.port, "ansible_user": target.user,
+            "ansible_python_interpreter": "/usr/bin/python3",
+            **({"ansible_ssh_private_key_file": target.key} if target.key else {})}}}}
+        envvars = {
+            "ANSIBLE_SSH_ARGS": " ".join(o for o in target.ssh_options() if o not in ("-i", target.key)),
+            "ANSIBLE_PIPELINING": "True", "ANSIBLE_NOCOLOR": "True", "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "False",
+            "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_FORCE_COLOR": "False",
+        }
+        progress = Progress()
+        runner = ansible_runner.run(private_data_dir=private, playbook=str(playbook), inventory=inventory,
+                                    extravars=extravars, envvars=envvars, quiet=True,
+                                    event_handler=progress, suppress_env_files=True)
+        progress.finish()
+        stats = runner.stats or {}
+        if runner.status != "successful" or progress.failures:
+            block = "\n".join(f"  task: {task}\n  host: {host}\n  " + msg.replace("\n", "\n  ")
+                              for task, host, msg in progress.failures) or "\n".join(
+                                  runner.stdout.read().splitlines()[-20:])
+            say(f"\nProvisioning failed:\n{block}\n")
+            raise DeployError(f"provisioning {target.host} failed at task "
+                              f"{progress.failures[0][0] if progress.failures else '(see above)'!r}")
+        changed = sum((stats.get("changed") or {}).values())
+        say(f"Ansible: {sum((stats.get('ok') or {}).values())} ok, changed={changed}"
+            + (f" ({', '.join(progress.changed_tasks)})" if changed else ""))
+        return stats
+
+
+def up(cfg, ca_bundle=None, say=print):
+    """Provision cfg's target; returns the Ansible stats."""
+    if not shutil.which("ssh"):
+        bootstrap.apt_install(["openssh-client"], "SSH to the server")
+    started = time.monotonic()
+    state, cert, where = render.prepare(cfg, say=say)
+    fresh = False
+    if cfg.is_local:
+        from . import droplet
+        reach = droplet.ensure(cfg, say=say)
+        host, port, user, key = reach["host"], reach["port"], reach["user"], reach["key"]
+        fresh = reach.get("created", False)
+    else:
+        host, port, user, key = cfg.host, cfg.ssh_port, cfg.ssh_user, cfg.ssh_key
+    key, pubkey = _public_key(key)
+    known_hosts = state.file("known_hosts")
+    if fresh:
+        known_hosts.unlink(missing_ok=True)  # a new droplet has new host keys
+    with tempfile.TemporaryDirectory(prefix="appliance-") as work:
+        os.chmod(work, 0o700)
+        target = Target(host, port, user, key, str(known_hosts), work)
+        check_reachable(target)
+        tag = images.build(cfg.image, ca_bundle=ca_bundle)
+        ship_image(target, tag, say)
+        rendered = Path(work) / "render"
+        files = render.render(cfg, state, rendered)
+        stats = run_playbook(target, {
+            "appliance_user": cfg.user,
+            "appliance_ssh_pubkey": pubkey,
+            "appliance_render_dir": str(rendered),
+            "appliance_files": [{"path": f.path, "mode": f.mode, "group": f.group, "secret": f.secret}
+                                for f in files],
+            "base_timezone": cfg.timezone,
+            "base_swap_mb": cfg.swap_mb,
+            "jupyter_image_tag": tag,
+            "jupyter_memory": cfg.memory,
+            "jupyter_cpus": cfg.cpus,
+        }, say)
+        target.close()
+    say(f"\nReady in {time.monotonic() - started:.0f} s: {cfg.url}")
+    say(f"  login:        {cfg.user}, with {where}")
+    say(f"  certificate:  SHA-256 {tls.fingerprint(cert)}")
+    say(f"  trust it once: import {state.file('ca.crt')} as a certificate authority in your browser")
+    return stats
