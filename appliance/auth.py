@@ -26,6 +26,8 @@ def validate_password(password, source):
         raise ConfigError(f"the password from {source} is empty")
     if any(c in password for c in "\n\r\0"):
         raise ConfigError(f"the password from {source} contains a line break or NUL character")
+    if len(password.encode()) > 72:
+        raise ConfigError(f"the password from {source} is longer than 72 bytes, bcrypt's limit")
     if len(password) < MIN_LENGTH:
         raise ConfigError(f"the password from {source} is shorter than {MIN_LENGTH} characters")
     return password

@@ -22,6 +22,9 @@ CA_CERT = f"{ETC}/tls/ca.crt"
 HTPASSWD = f"{ETC}/htpasswd"
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 JUPYTER_SOCKET = "/run/jupyter/jupyter.sock"
+AUTHD = "/usr/local/lib/appliance/authd.py"
+AUTH_UNIT = "/etc/systemd/system/appliance-auth.service"
+AUTH_SOCKET = "/run/appliance-auth/auth.sock"
 CONTAINER_NOTEBOOKS = "/home/ds/notebooks"  # the image's notebook directory
 CLIENT_MAX_BODY_SIZE = "256m"
 
@@ -49,6 +52,8 @@ def template_context(cfg):
         "tls_cert": TLS_CERT,
         "tls_key": TLS_KEY,
         "htpasswd": HTPASSWD,
+        "authd": AUTHD,
+        "auth_socket": AUTH_SOCKET,
         "jupyter_socket": JUPYTER_SOCKET,
         "notebook_dir": CONTAINER_NOTEBOOKS,
         "client_max_body_size": CLIENT_MAX_BODY_SIZE,
@@ -70,6 +75,8 @@ def render(cfg, state, out_dir):
     contents = {
         ServerFile(NGINX_SITE, "0644", "root"): env.get_template("nginx-site.conf.j2").render(context),
         ServerFile(JUPYTER_CONFIG, "0644", "root"): env.get_template("jupyter_server_config.py.j2").render(context),
+        ServerFile(AUTH_UNIT, "0644", "root"): env.get_template("appliance-auth.service.j2").render(context),
+        ServerFile(AUTHD, "0644", "root"): (Path(__file__).parent / "authd.py").read_bytes(),
         ServerFile(TLS_CERT, "0644", "root"): state.read("server.crt"),
         ServerFile(CA_CERT, "0644", "root"): state.read("ca.crt"),
         ServerFile(TLS_KEY, "0640", "www-data", secret=True): state.read("server.key"),

@@ -5,9 +5,11 @@ ports moved to 18080/18443 on 127.0.0.1; everything else is what the server
 gets.
 """
 import base64
+import http.client
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ import pytest
 import requests
 
 import jupyter_api
-from appliance import config, render
+from appliance import authd, config, render
 
 HTTP, HTTPS = 18080, 18443
 PASSWORD = "nginx test password"
@@ -52,7 +54,8 @@ def site():
     os.chmod(out, 0o755)
 
     def rebase(text):
-        return text.replace("/etc/appliance", f"{out}/etc/appliance").replace("/run/jupyter", f"{base}/run")
+        return (text.replace("/etc/appliance", f"{out}/etc/appliance").replace("/run/jupyter", f"{base}/run")
+                .replace("/run/appliance-auth", f"{base}/auth"))
 
     for item in files:  # the owners and modes Ansible gives them on the server
         path = out / item.path.lstrip("/")
@@ -66,6 +69,12 @@ def site():
     run.mkdir()
     shutil.chown(run, "root", "www-data")
     os.chmod(run, 0o2750)
+    (base / "auth").mkdir()
+    shutil.chown(base / "auth", "www-data", "www-data")
+    # As on the server: Debian's python3 and python3-bcrypt, as nginx's user.
+    authd = subprocess.Popen(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
+                              "/usr/bin/python3", f"{out}{render.AUTHD}",
+                              f"--htpasswd={out}{render.HTPASSWD}", f"--socket={base}/auth/auth.sock"])
     notebooks = base / "notebooks"
     notebooks.mkdir()
     jupyter_log = open(base / "jupyter.log", "w")
@@ -88,7 +97,7 @@ http {{
 """)
     nginx = None
     try:
-        _wait(lambda: (run / "jupyter.sock").exists(), "Jupyter's socket")
+        _wait(lambda: (run / "jupyter.sock").exists() and (base / "auth/auth.sock").exists(), "the sockets")
         check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
@@ -99,8 +108,9 @@ http {{
         if nginx:
             nginx.terminate()
             nginx.wait(10)
-        jupyter.terminate()
-        jupyter.wait(10)
+        for process in (jupyter, authd):
+            process.terminate()
+            process.wait(10)
         jupyter_log.close()
         shutil.rmtree(base, ignore_errors=True)
 
@@ -164,3 +174,40 @@ def test_sslyze_mozilla_intermediate(site):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:]
     assert f"127.0.0.1:{HTTPS}: OK - Compliant." in r.stdout, r.stdout[-3000:]
+
+
+def _status_from(site, source, password):
+    """GET /api/status from a given loopback source address (a different client)."""
+    ctx = ssl.create_default_context(cafile=site["ca"])
+    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=30)
+    try:
+        token = base64.b64encode(f"{site['cfg'].user}:{password}".encode()).decode()
+        conn.request("GET", "/api/status", headers={"Authorization": f"Basic {token}"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_wrong_passwords_are_throttled_per_client(site):
+    statuses = [_status_from(site, "127.0.0.3", f"guess number {i}") for i in range(authd.FAIL_LIMIT + 2)]
+    assert statuses[:authd.FAIL_LIMIT - 1] == [401] * (authd.FAIL_LIMIT - 1)
+    assert statuses[-1] == 429
+    assert _status_from(site, "127.0.0.3", PASSWORD) == 429  # even the right one, for a while
+    assert _status_from(site, "127.0.0.4", PASSWORD) == 200  # another client is not affected
+    # a burst of requests with a good login (JupyterLab's page load) is never throttled
+    assert {_status_from(site, "127.0.0.4", PASSWORD) for _ in range(3 * authd.FAIL_LIMIT)} == {200}
+
+
+def test_new_password_ends_old_sessions(site):
+    s = _session(site)
+    assert s.get(f"{site['url']}/api/status").status_code == 200
+    htpasswd = site["out"] / render.HTPASSWD.lstrip("/")
+    old = htpasswd.read_bytes()
+    try:
+        subprocess.run(["htpasswd", "-b", "-B", "-C", "10", str(htpasswd), site["cfg"].user, "a new password"],
+                       check=True, capture_output=True)
+        assert s.get(f"{site['url']}/api/status").status_code == 401
+        assert _session(site, "a new password").get(f"{site['url']}/api/status").status_code == 200
+    finally:
+        htpasswd.write_bytes(old)
+    assert s.get(f"{site['url']}/api/status").status_code == 200
