@@ -37,7 +37,7 @@ class ServerFile:
     secret: bool = False
 
 
-def _environment():
+def environment():
     return jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                               keep_trailing_newline=True, autoescape=False)
 
@@ -70,7 +70,7 @@ def prepare(cfg, say=print, interactive=None, env=None):
 
 def render(cfg, state, out_dir):
     """Write every server file under out_dir; returns the list of ServerFile."""
-    env = _environment()
+    env = environment()
     context = template_context(cfg)
     contents = {
         ServerFile(NGINX_SITE, "0644", "root"): env.get_template("nginx-site.conf.j2").render(context),

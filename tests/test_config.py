@@ -123,6 +123,6 @@ def test_corrupt_state_is_a_clear_error(tmp_path, name, content):
 
 
 def test_templates_refuse_undefined(tmp_path):
-    env = render._environment()
+    env = render.environment()
     with pytest.raises(Exception, match="undefined"):
         env.get_template("nginx-site.conf.j2").render({})
