@@ -64,9 +64,8 @@ class Progress:
 
 def _context(name, directory, ca_bundle):
     shutil.copytree(IMAGES / name, directory, dirs_exist_ok=True)
-    extra = Path(directory) / "extra-ca.crt"
     try:
-        extra.write_bytes(Path(ca_bundle).expanduser().read_bytes() if ca_bundle else b"")
+        (Path(directory) / "extra-ca.crt").write_bytes(Path(ca_bundle).expanduser().read_bytes() if ca_bundle else b"")
     except OSError as exc:
         raise ImageError(f"cannot read the CA bundle {ca_bundle}: {exc.strerror}") from None
     if name == "base":  # the image's default Jupyter config is the one the server gets
@@ -87,22 +86,30 @@ def _stream(api, progress, **kwargs):
             log = "\n".join(progress.log[-30:])
             print(log, file=sys.stderr)
             detail = chunk["error"].strip().splitlines()[-1]
+            if "CERTIFICATE_VERIFY_FAILED" in log:
+                detail += " (TLS verification failed: behind a TLS-intercepting proxy, pass --ca-bundle PATH)"
             raise ImageError(f"building {progress.name} failed: {detail}")
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
     return image_id
 
 
-def _build_one(client, name, parent, ca_bundle, packages):
-    progress = Progress(name)
+def build_directory(client, name, buildargs, ca_bundle=None, image_tag=None, progress=None):
+    """Build images/<name>/ with the low-level API; returns the image id."""
+    progress = progress or Progress(name)
     with tempfile.TemporaryDirectory(prefix=f"appliance-{name}-") as directory:
         _context(name, directory, ca_bundle)
-        parent_id = client.images.get(parent).id if _exists(client, parent) else "?"
-        base = f"{parent} ({parent_id[:19]})"
-        built = _stream(client.api, progress, path=directory, buildargs={
-            "BASE_IMAGE": parent, "EXTRA_PACKAGES": " ".join(packages), "MANIFEST_BASE": base})
-    text = client.containers.run(built, ["cat", MANIFEST_PATH], entrypoint=[], remove=True)
-    manifest = json.loads(text)
+        built = _stream(client.api, progress, path=directory, buildargs=buildargs, tag=image_tag)
+    progress.done()
+    return built
+
+
+def _build_one(client, name, parent, ca_bundle, packages):
+    progress = Progress(name)
+    base = f"{parent} ({client.images.get(parent).id[:19]})"
+    built = build_directory(client, name, {"BASE_IMAGE": parent, "EXTRA_PACKAGES": " ".join(packages),
+                                           "MANIFEST_BASE": base}, ca_bundle, progress=progress)
+    manifest = json.loads(client.containers.run(built, ["cat", MANIFEST_PATH], entrypoint=[], remove=True))
     with tempfile.TemporaryDirectory(prefix=f"appliance-{name}-label-") as directory:
         (Path(directory) / "Dockerfile").write_text(f"FROM {built}\n")
         _stream(client.api, progress, path=directory, tag=tag(name),
