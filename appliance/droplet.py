@@ -60,14 +60,17 @@ def _create(client, say):
     images.build_directory(client, "droplet", {"BASE_IMAGE": images.ROOT_IMAGE}, image_tag=IMAGE)
     say("Starting the local droplet")
     # --privileged fails on some hosts; these capabilities are what systemd and dockerd need.
-    return client.containers.run(
-        IMAGE, name=NAME, hostname="droplet", detach=True,
-        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
-        security_opt=["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
+    host_config = client.api.create_host_config(
+        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"], security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         cgroupns="host", tmpfs={"/run": "", "/run/lock": ""},
-        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                 **{name: {"bind": path, "mode": "rw"} for name, path in VOLUMES.items()}},
-        ports={f"{inner}/tcp": ("127.0.0.1", port) for inner, port in PORTS.items()})
+        binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+               **{name: {"bind": path, "mode": "rw"} for name, path in VOLUMES.items()}},
+        port_bindings={inner: ("127.0.0.1", port) for inner, port in PORTS.items()})
+    host_config.update(MaskedPaths=[], ReadonlyPaths=[])  # docker run --security-opt systempaths=unconfined
+    created = client.api.create_container(IMAGE, name=NAME, hostname="droplet", host_config=host_config,
+                                          ports=list(PORTS), detach=True)
+    client.api.start(created["Id"])
+    return client.containers.get(created["Id"])
 
 
 def _authorize(container, public):
