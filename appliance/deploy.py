@@ -6,6 +6,7 @@ notebook image is on the server (built here, streamed over SSH only when the
 server lacks that exact image), then run the Ansible playbook through
 ansible-runner with a live progress display.
 """
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import ansible_runner
 from . import bootstrap, images, render, tls
 from .errors import DeployError
 
-PLAYBOOK = Path(__file__).resolve().parent.parent / "ansible" / "site.yml"
+ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 
@@ -187,8 +188,8 @@ def _message(res):
     return "\n".join(p for p in parts if p) or "no message"
 
 
-def run_playbook(target, extravars, say, playbook=PLAYBOOK):
-    """Run the playbook against one target; returns the per-host stats."""
+def run_playbook(target, playbook, extravars, say):
+    """Run one playbook of ansible/ against one target; returns the number of changed tasks."""
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with tempfile.TemporaryDirectory(prefix="appliance-runner-") as private:
         os.chmod(private, 0o700)
@@ -203,7 +204,7 @@ def run_playbook(target, extravars, say, playbook=PLAYBOOK):
             "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_FORCE_COLOR": "False",
         }
         progress = Progress()
-        runner = ansible_runner.run(private_data_dir=private, playbook=str(playbook), inventory=inventory,
+        runner = ansible_runner.run(private_data_dir=private, playbook=str(ANSIBLE / playbook), inventory=inventory,
                                     extravars=extravars, envvars=envvars, quiet=True,
                                     event_handler=progress, suppress_env_files=True)
         progress.finish()
@@ -216,13 +217,13 @@ def run_playbook(target, extravars, say, playbook=PLAYBOOK):
             raise DeployError(f"provisioning {target.host} failed at task "
                               f"{progress.failures[0][0] if progress.failures else '(see above)'!r}")
         changed = sum((stats.get("changed") or {}).values())
-        say(f"Ansible: {sum((stats.get('ok') or {}).values())} ok, changed={changed}"
+        say(f"{playbook}: {sum((stats.get('ok') or {}).values())} ok, changed={changed}"
             + (f" ({', '.join(progress.changed_tasks)})" if changed else ""))
-        return stats
+        return changed
 
 
 def up(cfg, ca_bundle=None, say=print):
-    """Provision cfg's target; returns the Ansible stats."""
+    """Provision cfg's target; returns the number of changes made."""
     if not shutil.which("ssh"):
         bootstrap.apt_install(["openssh-client"], "SSH to the server")
     started = time.monotonic()
@@ -243,25 +244,26 @@ def up(cfg, ca_bundle=None, say=print):
         os.chmod(work, 0o700)
         target = Target(host, port, user, key, str(known_hosts), work)
         check_reachable(target)
-        tag = images.build(cfg.image, ca_bundle=ca_bundle)
-        ship_image(target, tag, say)
+        tag = images.build(cfg.image, ca_bundle=ca_bundle, say=say)
         rendered = Path(work) / "render"
         files = render.render(cfg, state, rendered)
-        stats = run_playbook(target, {
+        extravars = {
             "appliance_user": cfg.user,
             "appliance_ssh_pubkey": pubkey,
             "appliance_render_dir": str(rendered),
-            "appliance_files": [{"path": f.path, "mode": f.mode, "group": f.group, "secret": f.secret}
-                                for f in files],
+            "appliance_files": [dataclasses.asdict(f) for f in files],
             "base_timezone": cfg.timezone,
             "base_swap_mb": cfg.swap_mb,
             "jupyter_image_tag": tag,
             "jupyter_memory": cfg.memory,
             "jupyter_cpus": cfg.cpus,
-        }, say)
+        }
+        changed = run_playbook(target, "server.yml", extravars, say)
+        changed += bool(ship_image(target, tag, say))
+        changed += run_playbook(target, "site.yml", extravars, say)
         target.close()
-    say(f"\nReady in {time.monotonic() - started:.0f} s: {cfg.url}")
+    say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}: {cfg.url}")
     say(f"  login:        {cfg.user}, with {where}")
     say(f"  certificate:  SHA-256 {tls.fingerprint(cert)}")
     say(f"  trust it once: import {state.file('ca.crt')} as a certificate authority in your browser")
-    return stats
+    return changed

@@ -34,6 +34,7 @@ class ServerFile:
     path: str           # absolute path on the server
     mode: str           # octal, as Ansible takes it
     group: str          # owner is always root
+    service: str = ""   # what must reload when it changes: nginx, appliance-auth, jupyter
     secret: bool = False
 
 
@@ -73,13 +74,13 @@ def render(cfg, state, out_dir):
     env = environment()
     context = template_context(cfg)
     contents = {
-        ServerFile(NGINX_SITE, "0644", "root"): env.get_template("nginx-site.conf.j2").render(context),
-        ServerFile(JUPYTER_CONFIG, "0644", "root"): env.get_template("jupyter_server_config.py.j2").render(context),
-        ServerFile(AUTH_UNIT, "0644", "root"): env.get_template("appliance-auth.service.j2").render(context),
-        ServerFile(AUTHD, "0644", "root"): (Path(__file__).parent / "authd.py").read_bytes(),
-        ServerFile(TLS_CERT, "0644", "root"): state.read("server.crt"),
+        ServerFile(NGINX_SITE, "0644", "root", "nginx"): env.get_template("nginx-site.conf.j2").render(context),
+        ServerFile(JUPYTER_CONFIG, "0644", "root", "jupyter"): env.get_template("jupyter_server_config.py.j2").render(context),
+        ServerFile(AUTH_UNIT, "0644", "root", "appliance-auth"): env.get_template("appliance-auth.service.j2").render(context),
+        ServerFile(AUTHD, "0644", "root", "appliance-auth"): (Path(__file__).parent / "authd.py").read_bytes(),
+        ServerFile(TLS_CERT, "0644", "root", "nginx"): state.read("server.crt"),
         ServerFile(CA_CERT, "0644", "root"): state.read("ca.crt"),
-        ServerFile(TLS_KEY, "0640", "www-data", secret=True): state.read("server.key"),
+        ServerFile(TLS_KEY, "0640", "www-data", "nginx", secret=True): state.read("server.key"),
         ServerFile(HTPASSWD, "0640", "www-data", secret=True): state.read("htpasswd"),
     }
     out_dir = Path(out_dir)
