@@ -15,7 +15,7 @@ from pathlib import Path
 import docker
 
 from . import config, engine, render
-from .errors import ImageError
+from .errors import ImageError  # noqa: F401  (re-exported for callers)
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 ROOT_IMAGE = "debian:bookworm-slim"
