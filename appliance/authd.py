@@ -23,6 +23,7 @@ import hmac
 import http.server
 import os
 import secrets
+import socket
 import socketserver
 import threading
 import time
@@ -44,7 +45,7 @@ class Verifier:
         self.remembered = {}   # HMAC of the Authorization header -> expiry
         self.failures = {}     # client address -> recent failure times
         self.checking = {}     # HMAC -> lock, so a burst of new requests costs one bcrypt
-        self.dummy = bcrypt.hashpw(b"-", bcrypt.gensalt(12))  # unknown users cost the same time
+        self.dummy = None  # a hash to check unknown users against, so they cost the same time
 
     def _reload(self):
         st = os.stat(self.path)
@@ -85,6 +86,8 @@ class Verifier:
                 if self.remembered.get(digest, 0) > now:
                     return 204
                 users = self.users
+            if self.dummy is None:
+                self.dummy = bcrypt.hashpw(b"-", bcrypt.gensalt(12))
             ok = _password_ok(users, authorization, self.dummy)
             with self.lock:
                 self.checking.pop(digest, None)
@@ -142,11 +145,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     Handler.verifier = Verifier(args.htpasswd)
     Handler.verifier._reload()
-    if os.path.exists(args.socket):
-        os.unlink(args.socket)
-    old = os.umask(0o117)  # socket 0660: nginx's group only
-    server = Server(args.socket, Handler)
-    os.umask(old)
+    if os.environ.get("LISTEN_FDS") == "1":  # systemd socket activation: the socket outlives restarts
+        server = Server(args.socket, Handler, bind_and_activate=False)
+        server.socket = socket.socket(fileno=3)
+    else:
+        if os.path.exists(args.socket):
+            os.unlink(args.socket)
+        old = os.umask(0o117)  # socket 0660: nginx's group only
+        server = Server(args.socket, Handler)
+        os.umask(old)
     server.serve_forever()
 
 

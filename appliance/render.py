@@ -24,6 +24,7 @@ JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 JUPYTER_SOCKET = "/run/jupyter/jupyter.sock"
 AUTHD = "/usr/local/lib/appliance/authd.py"
 AUTH_UNIT = "/etc/systemd/system/appliance-auth.service"
+AUTH_SOCKET_UNIT = "/etc/systemd/system/appliance-auth.socket"
 AUTH_SOCKET = "/run/appliance-auth/auth.sock"
 CONTAINER_NOTEBOOKS = "/home/ds/notebooks"  # the image's notebook directory
 CLIENT_MAX_BODY_SIZE = "256m"
@@ -77,6 +78,8 @@ def render(cfg, state, out_dir):
         ServerFile(NGINX_SITE, "0644", "root", "nginx"): env.get_template("nginx-site.conf.j2").render(context),
         ServerFile(JUPYTER_CONFIG, "0644", "root", "jupyter"): env.get_template("jupyter_server_config.py.j2").render(context),
         ServerFile(AUTH_UNIT, "0644", "root", "appliance-auth"): env.get_template("appliance-auth.service.j2").render(context),
+        ServerFile(AUTH_SOCKET_UNIT, "0644", "root", "appliance-auth"):
+            env.get_template("appliance-auth.socket.j2").render(context),
         ServerFile(AUTHD, "0644", "root", "appliance-auth"): (Path(__file__).parent / "authd.py").read_bytes(),
         ServerFile(TLS_CERT, "0644", "root", "nginx"): state.read("server.crt"),
         ServerFile(CA_CERT, "0644", "root"): state.read("ca.crt"),

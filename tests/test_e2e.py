@@ -2,8 +2,11 @@
 
 One droplet for the whole session (cold `up` once, then a no-op `up`).
 """
+import hashlib
 import json
 import os
+import re
+import ssl
 import subprocess
 import sys
 import time
@@ -58,8 +61,11 @@ def appliance(docker_client, base_image, tmp_path_factory):
 
 def test_up_reports_how_to_log_in(appliance):
     out = appliance["up"]
-    assert f"{URL}/" in out and "login:" in out and "SHA-256" in out
+    assert f"{URL}/" in out and "login:" in out
     assert PASSWORD not in out
+    printed = re.search(r"SHA-256 ([0-9A-F:]{95})", out)[1]
+    served = hashlib.sha256(ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", 8443)))).hexdigest()
+    assert printed.replace(":", "").lower() == served
 
 
 def test_http_redirects_and_login_required(appliance):
@@ -75,6 +81,7 @@ def test_kernel_over_wss(appliance):
 
 
 def test_browser_runs_and_saves_a_notebook(appliance):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -82,7 +89,7 @@ def test_browser_runs_and_saves_a_notebook(appliance):
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         try:
-            # Our private CA is not in Chromium's store; the fingerprint check below stands in for importing it.
+            # Our private CA is not in Chromium's store; test_up_reports_how_to_log_in checks the fingerprint.
             context = browser.new_context(http_credentials={"username": "ds", "password": PASSWORD},
                                           ignore_https_errors=True, viewport={"width": 1400, "height": 900})
             page = context.new_page()
@@ -91,17 +98,26 @@ def test_browser_runs_and_saves_a_notebook(appliance):
             page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
             page.locator(".jp-Cell .cm-content").first.click()
             page.keyboard.type("6*7")
-            page.keyboard.press("Shift+Enter")
-            page.locator(".jp-OutputArea-output", has_text="42").first.wait_for(timeout=60_000)
-            page.keyboard.press("Control+s")
-            page.wait_for_timeout(1000)
+            result = page.locator(".jp-OutputArea-output", has_text="42").first
+            for _ in range(12):  # the kernel's websocket may connect after the status shows Idle
+                page.keyboard.press("Control+Enter")
+                try:
+                    result.wait_for(timeout=5_000)
+                    break
+                except PlaywrightTimeout:
+                    pass
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"))
+            result.wait_for(timeout=1_000)
+            page.locator(".jp-NotebookPanel-toolbar [data-jp-item-name='save']").first.click()
+            page.get_by_role("textbox", name="File name").fill("from-browser.ipynb")  # JupyterLab asks for a name on first save
+            page.get_by_role("button", name="Rename and Save").click()
+            page.locator(".jp-mod-dirty").wait_for(state="detached", timeout=30_000)
         finally:
             browser.close()
-    saved = in_droplet("sh", "-c", "ls /home/ds/notebooks")
-    assert "Untitled.ipynb" in saved, saved
-    content = json.loads(in_droplet("cat", "/home/ds/notebooks/Untitled.ipynb"))
-    assert any("6*7" in "".join(c["source"]) for c in content["cells"])
+    content = json.loads(in_droplet("cat", "/home/ds/notebooks/from-browser.ipynb"))
+    cell = content["cells"][0]
+    assert "".join(cell["source"]) == "6*7"
+    assert "".join(cell["outputs"][0]["data"]["text/plain"]) == "42"
 
 
 def test_only_ssh_http_https_listen_outside(appliance):
