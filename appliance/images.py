@@ -6,19 +6,23 @@ Dockerfiles' BASE_IMAGE argument. Every image carries a versions manifest
 as the label LABEL.
 """
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import docker
 
-from . import config, engine, render
+from . import bootstrap, config, engine, render
 from .errors import ImageError  # noqa: F401  (re-exported for callers)
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 ROOT_IMAGE = "debian:bookworm-slim"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBOOTSTRAP_CACHE = Path("/var/cache/appliance")
 PARENTS = {"base": None, "scipy": "base"}
 LABEL = "org.appliance.manifest"
 MANIFEST_PATH = "/opt/appliance/manifest.json"
@@ -135,12 +139,41 @@ def build(name="scipy", base_image=None, ca_bundle=None, packages=(), say=print)
     client = engine.client()
     parent = base_image or ROOT_IMAGE
     if not _exists(client, parent):
-        raise ImageError(f"the base image {parent} is not on this machine: pull or import it first "
-                         f"(e.g. docker pull {parent})")
+        ensure_root_image(client, parent, say)
     for each in names:
         say(f"Building {tag(each)} from {parent}")
         parent = _build_one(client, each, parent, ca_bundle, packages if each == name else ())
     return parent
+
+
+def ensure_root_image(client, ref=ROOT_IMAGE, say=print):
+    """Pull the root image; without a registry, make debian:bookworm-slim with debootstrap (cached)."""
+    try:
+        say(f"Pulling {ref}")
+        client.images.pull(ref)
+        return
+    except docker.errors.APIError as exc:
+        if ref != ROOT_IMAGE:
+            raise ImageError(f"the base image {ref} is not here and cannot be pulled: {exc.explanation}") from None
+    tarball = DEBOOTSTRAP_CACHE / "bookworm-minbase.tar"
+    if not tarball.exists():
+        say(f"No registry answers: making {ref} with debootstrap (about a minute, cached in {DEBOOTSTRAP_CACHE})")
+        bootstrap.apt_install(["debootstrap"], f"making {ref}")
+        root = DEBOOTSTRAP_CACHE / "bookworm-root"
+        DEBOOTSTRAP_CACHE.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(root, ignore_errors=True)
+        try:
+            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR],
+                           check=True, capture_output=True)
+            subprocess.run(["tar", "-C", str(root), "-cf", f"{tarball}.part", "."], check=True)
+        except subprocess.CalledProcessError as exc:
+            raise ImageError(f"debootstrap could not make {ref}: {exc.stderr.decode(errors='replace')[-300:]}"
+                             ) from None
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        os.replace(f"{tarball}.part", tarball)
+    repository, tag_name = ref.split(":")
+    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag_name, changes=['CMD ["bash"]'])
 
 
 def manifest(name_or_ref):

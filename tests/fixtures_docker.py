@@ -1,13 +1,9 @@
 """Session fixtures: a Docker engine that answers, the base image, the built images, tracked containers."""
-import subprocess
-from pathlib import Path
-
 import docker
 import pytest
 
 from appliance import engine, images
 
-CACHE = Path("/var/cache/appliance-tests")
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
@@ -19,23 +15,11 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def base_image(docker_client):
-    """debian:bookworm-slim, made with debootstrap when no registry can give it (cached between runs)."""
+    """debian:bookworm-slim: pulled, or made with debootstrap when no registry answers (cached)."""
     try:
         return docker_client.images.get(images.ROOT_IMAGE)
     except docker.errors.ImageNotFound:
-        pass
-    tarball = CACHE / "bookworm-minbase.tar"
-    if not tarball.exists():
-        root = CACHE / "bookworm-root"
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["rm", "-rf", str(root)], check=True)
-        subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root), "http://deb.debian.org/debian"],
-                       check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["tar", "-C", str(root), "-cf", f"{tarball}.part", "."], check=True)
-        Path(f"{tarball}.part").rename(tarball)
-        subprocess.run(["rm", "-rf", str(root)], check=True)
-    repository, tag = images.ROOT_IMAGE.split(":")
-    docker_client.api.import_image_from_file(str(tarball), repository=repository, tag=tag, changes=['CMD ["bash"]'])
+        images.ensure_root_image(docker_client)
     return docker_client.images.get(images.ROOT_IMAGE)
 
 
