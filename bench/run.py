@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""The benchmark suite: the appliance against Jupyter reached directly, side by side in one run.
+
+    python3 bench/run.py [--cold-up] [--images] [--upload-mb 1024]
+
+Needs a provisioned local droplet (`python3 provision.py up`) and its password
+in $APPLIANCE_PASSWORD (or the generated one in .appliance/local/password).
+--cold-up re-creates the droplet from scratch to time `up` (P5); --images
+rebuilds the images without cache (P6). Writes docs/benchmarks.md, the chart
+docs/benchmarks-latency.png and bench/results/latest.json.
+"""
+import argparse
+import datetime
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from appliance import bootstrap  # noqa: E402
+
+GOALS = {  # figure: (direction, goal ratio appliance/direct)
+    "P1 /api/status p50, keep-alive": ("max", 1.5), "P1 /api/status p99, keep-alive": ("max", 1.5),
+    "P1 /api/contents p50, keep-alive": ("max", 1.5), "P1 /api/contents p99, keep-alive": ("max", 1.5),
+    "P1 /api/status req/s, 20 clients": ("min", 0.7), "P1 /api/contents req/s, 20 clients": ("min", 0.7),
+    "P1 /api/status p50, 20 clients": ("max", 1.5), "P1 /api/contents p50, 20 clients": ("max", 1.5),
+    "P2 kernel execute round trip p50": ("max", 1.1),
+    "P3 JupyterLab cold load to launcher": ("max", 1.3),
+    "P4 1 MiB-chunk upload MB/s": ("min", 0.8),
+}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def provision(*args):
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, str(ROOT / "provision.py"), *args], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise SystemExit(r.stdout[-3000:])
+    return round(time.monotonic() - started, 1)
+
+
+def in_droplet(container, mode, password, upload_mb):
+    r = container.exec_run(["python3", "/root/bench_client.py", mode, "--upload-mb", str(upload_mb)],
+                           environment={"APPLIANCE_PASSWORD": password})  # in the API body, not on a command line
+    if r.exit_code != 0:
+        raise SystemExit(f"bench client ({mode}) failed: {r.output.decode()[-2000:]}")
+    return json.loads(r.output.decode().strip().splitlines()[-1])
+
+
+def page_load(url, credentials=None, runs=3):
+    """Median ms from navigation start until JupyterLab's launcher shows, and the requests it took."""
+    from playwright.sync_api import sync_playwright
+    times, counts = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            for _ in range(runs):
+                context = browser.new_context(http_credentials=credentials, ignore_https_errors=True)
+                page = context.new_page()
+                requests = []
+                page.on("request", requests.append)
+                page.goto(url, timeout=120_000)
+                page.locator(".jp-LauncherCard").first.wait_for(timeout=120_000)
+                times.append(page.evaluate("() => performance.now()"))
+                counts.append(len(requests))
+                context.close()
+        finally:
+            browser.close()
+    return {"ms": round(statistics.median(times)), "requests": round(statistics.median(counts))}
+
+
+def browser_figures(state, password):
+    appliance = page_load("https://127.0.0.1:8443/lab?reset", {"username": "ds", "password": password})
+    # Jupyter's unix socket, forwarded to this machine through SSH (the only way to reach it from here)
+    tunnel = subprocess.Popen(["ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                               "-o", "ExitOnForwardFailure=yes", "-i", str(state / "droplet_ed25519"), "-p", "2222",
+                               "-L", "127.0.0.1:18888:/run/jupyter/jupyter.sock", "root@127.0.0.1"],
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)
+        direct = page_load("http://127.0.0.1:18888/lab?reset")
+    finally:
+        tunnel.terminate()
+    return direct, appliance
+
+
+def figures(d, a):
+    """(name, direct, appliance, unit) rows from the two client results."""
+    rows = []
+    for path, key in (("/api/status", "status"), ("/api/contents", "contents")):
+        for pct in ("p50", "p99"):
+            rows.append((f"P1 {path} {pct}, keep-alive", d[f"{key}_keepalive"][f"{pct}_ms"],
+                         a[f"{key}_keepalive"][f"{pct}_ms"], "ms"))
+        rows.append((f"P1 {path} req/s, 20 clients", d[f"{key}_20_clients"]["rps"], a[f"{key}_20_clients"]["rps"],
+                     "req/s"))
+        rows.append((f"P1 {path} p50, 20 clients", d[f"{key}_20_clients"]["p50_ms"],
+                     a[f"{key}_20_clients"]["p50_ms"], "ms"))
+    rows.append(("P2 kernel execute round trip p50", d["kernel_roundtrip"]["p50_ms"], a["kernel_roundtrip"]["p50_ms"],
+                 "ms"))
+    rows.append(("P4 1 MiB-chunk upload MB/s", d["upload"]["mb_per_s"], a["upload"]["mb_per_s"], "MB/s"))
+    return rows
+
+
+def verdict(name, ratio):
+    if name not in GOALS:
+        return ""
+    direction, goal = GOALS[name]
+    ok = ratio <= goal if direction == "max" else ratio >= goal
+    return f"{'met' if ok else 'NOT met'} ({'≤' if direction == 'max' else '≥'} {goal}×)"
+
+
+def chart(d, a, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "status_keepalive", "GET /api/status"),
+                           (axes[1], "contents_keepalive", "GET /api/contents")):
+        ax.boxplot([d[key]["samples_ms"], a[key]["samples_ms"]], showfliers=False)
+        ax.set_xticks([1, 2], ["Jupyter direct\n(unix socket)", "appliance\n(nginx, TLS, login)"])
+        ax.set_ylabel("latency, ms (keep-alive, 500 requests)")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_report(rows, extra, path):
+    lines = ["# Benchmarks", "",
+             f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+             f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
+             "the local droplet (`python3 bench/run.py`). Direct = Jupyter's unix socket from inside the droplet "
+             "(P3: through an SSH tunnel to it); appliance = https://127.0.0.1 through nginx, TLS 1.3 and the "
+             "login verifier. Both measured in the same run, from the same place.", "",
+             "| figure | direct | appliance | ratio | goal |", "|---|---|---|---|---|"]
+    for name, direct, appliance, unit in rows:
+        ratio = appliance / direct if direct else float("nan")
+        lines.append(f"| {name} | {direct} {unit} | {appliance} {unit} | {ratio:.2f}× | {verdict(name, ratio)} |")
+    lines += ["", "| figure | value | goal |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {goal} |" for name, value, goal in extra]
+    lines += ["", "![latency, direct vs appliance](benchmarks-latency.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cold-up", action="store_true", help="re-create the droplet to time a cold and a no-op up")
+    p.add_argument("--images", action="store_true", help="rebuild the images without cache (P6)")
+    p.add_argument("--upload-mb", type=int, default=1024)
+    p.add_argument("--ca-bundle", default="/etc/ssl/certs/ca-certificates.crt")
+    args = p.parse_args()
+    import docker
+    state = ROOT / ".appliance" / "local"
+    extra = []
+    if args.cold_up:
+        provision("down", "--purge")
+        cold = provision("up", "--ca-bundle", args.ca_bundle)
+        noop = provision("up", "--ca-bundle", args.ca_bundle)
+        extra += [("P5 cold `up`, fresh droplet, image prebuilt", f"{cold} s", "≤ 240 s"),
+                  ("P5 no-op second `up`", f"{noop} s", "≤ 20 s")]
+    password = os.environ.get("APPLIANCE_PASSWORD") or (state / "password").read_text()
+    container = docker.from_env().containers.get("appliance-droplet")
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        tar.add(ROOT / "bench" / "client.py", arcname="bench_client.py")
+    container.put_archive("/root", archive.getvalue())
+    direct = in_droplet(container, "direct", password, args.upload_mb)
+    appliance = in_droplet(container, "appliance", password, args.upload_mb)
+    rows = figures(direct, appliance)
+    load_direct, load_appliance = browser_figures(state, password)
+    rows.append(("P3 JupyterLab cold load to launcher", load_direct["ms"], load_appliance["ms"], "ms"))
+    rows.append(("P3 requests during that load", load_direct["requests"], load_appliance["requests"], ""))
+    if args.images:
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--ca-bundle", args.ca_bundle],
+                           capture_output=True, text=True, check=True)
+        img = json.loads(r.stdout.strip().splitlines()[-1])
+        extra += [("P6 scipy image size", f"{img['scipy_mb']} MB (base {img['base_mb']} MB)", "≤ 1500 MB"),
+                  ("P6 full build, no cache", f"{img['full_build_s']} s", ""),
+                  ("P6 rebuild after adding one package", f"{img['one_package_rebuild_s']} s", "≤ 60 s")]
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.json").write_text(json.dumps({"direct": direct, "appliance": appliance, "rows": rows,
+                                                     "extra": extra}, indent=1))
+    chart(direct, appliance, ROOT / "docs" / "benchmarks-latency.png")
+    write_report(rows, extra, ROOT / "docs" / "benchmarks.md")
+    print((ROOT / "docs" / "benchmarks.md").read_text())
+
+
+if __name__ == "__main__":
+    bootstrap.reexec_in_venv(__file__, extras=("test", "bench"))
+    main()
