@@ -206,7 +206,7 @@ def run_playbook(target, playbook, extravars, say):
         progress = Progress()
         runner = ansible_runner.run(private_data_dir=private, playbook=str(ANSIBLE / playbook), inventory=inventory,
                                     extravars=extravars, envvars=envvars, quiet=True,
-                                    event_handler=progress, suppress_env_files=True)
+                                    event_handler=progress)  # vars go in a file under the 0700 dir, not argv
         progress.finish()
         stats = runner.stats or {}
         if runner.status != "successful" or progress.failures:

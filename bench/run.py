@@ -68,7 +68,7 @@ def page_load(url, credentials=None, runs=3):
                 context = browser.new_context(http_credentials=credentials, ignore_https_errors=True)
                 page = context.new_page()
                 requests = []
-                page.on("request", requests.append)
+                page.on("request", lambda request: requests.append(request.url))
                 page.goto(url, timeout=120_000)
                 page.locator(".jp-LauncherCard").first.wait_for(timeout=120_000)
                 times.append(page.evaluate("() => performance.now()"))

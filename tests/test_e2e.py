@@ -9,6 +9,7 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +35,23 @@ def provision(*args, env, timeout=2400):
     return r, time.monotonic() - started
 
 
+class ArgvSampler(threading.Thread):
+    """Reads every process's command line (the droplet's too: same kernel) while `up` runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.running, self.seen = True, set()
+
+    def run(self):
+        while self.running:
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    self.seen.add(cmdline.read_bytes().replace(b"\0", b" "))
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+
 def in_droplet(*cmd):
     r = subprocess.run(["docker", "exec", DROPLET, *cmd], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -49,11 +67,14 @@ def appliance(docker_client, base_image, tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
     env = {**os.environ, "APPLIANCE_STATE_DIR": str(state), "APPLIANCE_PASSWORD": PASSWORD}
     provision("down", "--purge", env=env)
+    sampler = ArgvSampler()
+    sampler.start()
     r, cold = provision("up", "--ca-bundle", HOST_CA, env=env)
+    sampler.running = False
     assert r.returncode == 0, r.stdout[-4000:]
     timings = {"cold_up_s": round(cold, 1)}
     yield {"env": env, "state": state, "ca": str(state / "local" / "ca.crt"), "up": r.stdout,
-           "timings": timings}
+           "timings": timings, "argv": sampler.seen}
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "e2e-timings.json").write_text(json.dumps(timings, indent=2))
     provision("down", "--purge", env=env)
@@ -66,6 +87,13 @@ def test_up_reports_how_to_log_in(appliance):
     printed = re.search(r"SHA-256 ([0-9A-F:]{95})", out)[1]
     served = hashlib.sha256(ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", 8443)))).hexdigest()
     assert printed.replace(":", "").lower() == served
+
+
+def test_no_secret_on_any_command_line_during_up(appliance):
+    argv = b"\n".join(appliance["argv"])
+    assert b"ansible-playbook" in argv  # the sampler did see the run
+    assert PASSWORD.encode() not in argv
+    assert b"$2y$" not in argv and b"PRIVATE KEY" not in argv
 
 
 def test_http_redirects_and_login_required(appliance):
