@@ -7,6 +7,7 @@ server lacks that exact image), then run the Ansible playbook through
 ansible-runner with a live progress display.
 """
 import dataclasses
+import hashlib
 import os
 import shutil
 import subprocess
@@ -188,6 +189,12 @@ def _message(res):
     return "\n".join(p for p in parts if p) or "no message"
 
 
+def _with_expected(item, rendered):
+    """The file's vars for Ansible, with the line the server's check prints when it is already in place."""
+    digest = hashlib.sha256((rendered / item.path.lstrip("/")).read_bytes()).hexdigest()
+    return {**dataclasses.asdict(item), "expected": f"{digest} {int(item.mode, 8):o} {item.group} {item.path}"}
+
+
 def run_playbook(target, playbook, extravars, say):
     """Run one playbook of ansible/ against one target; returns the number of changed tasks."""
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -251,7 +258,7 @@ def up(cfg, ca_bundle=None, say=print):
             "appliance_user": cfg.user,
             "appliance_ssh_pubkey": pubkey,
             "appliance_render_dir": str(rendered),
-            "appliance_files": [dataclasses.asdict(f) for f in files],
+            "appliance_files": [_with_expected(f, rendered) for f in files],
             "base_timezone": cfg.timezone,
             "base_swap_mb": cfg.swap_mb,
             "jupyter_image_tag": tag,
