@@ -175,3 +175,45 @@ def test_second_up_changes_nothing(appliance):
     assert (jupyter_started_at(), nginx_started_at()) == before
     assert (Path(appliance["state"]) / "local" / "server.crt").read_bytes() == fingerprint
     assert (Path(appliance["state"]) / "local" / "htpasswd").read_bytes() == htpasswd
+
+
+CONNECT = ("import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/jupyter/jupyter.sock'); "
+           "s.sendall(b'GET /api/status HTTP/1.0\\r\\n\\r\\n'); print(s.recv(12).decode())")
+
+
+def test_only_nginx_reaches_jupyter(appliance):
+    in_droplet("sh", "-c", "id mallory >/dev/null 2>&1 || useradd --create-home mallory")
+    r = subprocess.run(["docker", "exec", "-u", "mallory", DROPLET, "python3", "-c", CONNECT],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "PermissionError" in r.stderr, r.stdout + r.stderr
+    assert in_droplet("setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
+                      "python3", "-c", CONNECT).startswith("HTTP/1.1 200")
+
+
+def test_tls_policy_on_the_droplet(appliance):
+    r = subprocess.run([sys.executable, "-m", "sslyze", "--mozilla_config=intermediate",
+                        f"--certinfo_ca_file={appliance['ca']}", "127.0.0.1:8443"],
+                       capture_output=True, text=True, timeout=300)
+    assert "127.0.0.1:8443: OK - Compliant." in r.stdout, r.stdout[-3000:]
+
+
+def test_notebook_container_is_hardened(appliance):
+    c = json.loads(in_droplet("docker", "inspect", "jupyter"))[0]
+    host = c["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert "no-new-privileges" in host["SecurityOpt"] and not host["Privileged"]
+    assert host["Memory"] > 0 and host["PidsLimit"] > 0
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    assert not host["PortBindings"] and not c["NetworkSettings"]["Ports"]
+    assert not any("docker.sock" in m["Source"] for m in c["Mounts"])
+    assert c["Config"]["User"] not in ("", "0", "root") and not c["Config"]["User"].startswith("0:")
+    assert c["State"]["Health"]["Status"] in ("healthy", "starting")
+    assert in_droplet("docker", "info", "--format", "{{.LiveRestoreEnabled}}").strip() == "true"
+
+
+def test_secret_files_on_the_server(appliance):
+    modes = in_droplet("stat", "-c", "%n %a %U %G", "/etc/appliance/htpasswd", "/etc/appliance/tls/server.key")
+    assert modes.split("\n")[:2] == ["/etc/appliance/htpasswd 640 root www-data",
+                                     "/etc/appliance/tls/server.key 640 root www-data"]
+    for name in ("ca.key", "server.key", "htpasswd", "droplet_ed25519"):
+        assert (Path(appliance["state"]) / "local" / name).stat().st_mode & 0o077 == 0, name
