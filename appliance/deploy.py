@@ -24,6 +24,7 @@ from .errors import DeployError
 
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
+LOGIN = "ssh_login"  # state file: the user SSH logs in as once the server is hardened
 
 
 class Target:
@@ -89,6 +90,23 @@ def check_reachable(target):
         raise DeployError(f"the SSH host key of {target.host} changed since the last run; if the server was "
                           f"rebuilt, remove its line from {target.known_hosts}")
     raise DeployError(f"cannot reach {where} over SSH: {err}")
+
+
+def operator_login(target, user, state):
+    """Switch to the operator user once its key login and sudo are proven to work.
+
+    Only then may site.yml turn root and password logins off: the operator can
+    never be locked out. Later runs log in as that user (kept in the state).
+    """
+    if target.user == user:
+        return target
+    operator = Target(target.host, target.port, user, target.key, target.known_hosts, target.control_dir)
+    r = operator.ssh("sudo -n true", capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    if r.returncode != 0:
+        raise DeployError(f"cannot log in as {user} with sudo after creating it ({r.stderr.strip()[-200:]}); "
+                          "SSH was left as it was")
+    state.write(LOGIN, user)
+    return operator
 
 
 def ship_image(target, tag, say):
@@ -245,11 +263,13 @@ def up(cfg, ca_bundle=None, say=print):
         host, port, user, key = cfg.host, cfg.ssh_port, cfg.ssh_user, cfg.ssh_key
     key, pubkey = _public_key(key)
     known_hosts = state.file("known_hosts")
-    if fresh:
-        known_hosts.unlink(missing_ok=True)  # a new droplet has new host keys
+    if fresh:  # a new droplet has new host keys and takes root again
+        known_hosts.unlink(missing_ok=True)
+        state.file(LOGIN).unlink(missing_ok=True)
+    login = (state.read(LOGIN) or b"").decode().strip() or user
     with tempfile.TemporaryDirectory(prefix="appliance-") as work:
         os.chmod(work, 0o700)
-        target = Target(host, port, user, key, str(known_hosts), work)
+        target = Target(host, port, login, key, str(known_hosts), work)
         check_reachable(target)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, say=say)
         rendered = Path(work) / "render"
@@ -266,8 +286,10 @@ def up(cfg, ca_bundle=None, say=print):
             "jupyter_cpus": cfg.cpus,
         }
         changed = run_playbook(target, "server.yml", extravars, say)
+        target.close()
+        target = operator_login(target, cfg.user, state)
         changed += bool(ship_image(target, tag, say))
-        changed += run_playbook(target, "site.yml", extravars, say)
+        changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
         target.close()
     say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}: {cfg.url}")
     say(f"  login:        {cfg.user}, with {where}")

@@ -22,6 +22,7 @@ CA_CERT = f"{ETC}/tls/ca.crt"
 HTPASSWD = f"{ETC}/htpasswd"
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 JUPYTER_SOCKET = "/run/jupyter/jupyter.sock"
+JUPYTER_TMPFILES = "/etc/tmpfiles.d/appliance-jupyter.conf"  # recreates the socket directory at boot
 AUTHD = "/usr/local/lib/appliance/authd.py"
 AUTH_UNIT = "/etc/systemd/system/appliance-auth.service"
 AUTH_SOCKET_UNIT = "/etc/systemd/system/appliance-auth.socket"
@@ -77,6 +78,8 @@ def render(cfg, state, out_dir):
     contents = {
         ServerFile(NGINX_SITE, "0644", "root", "nginx"): env.get_template("nginx-site.conf.j2").render(context),
         ServerFile(JUPYTER_CONFIG, "0644", "root", "jupyter"): env.get_template("jupyter_server_config.py.j2").render(context),
+        ServerFile(JUPYTER_TMPFILES, "0644", "root"):
+            f"d {Path(JUPYTER_SOCKET).parent} 2750 {cfg.user} www-data -\n",
         ServerFile(AUTH_UNIT, "0644", "root", "appliance-auth"): env.get_template("appliance-auth.service.j2").render(context),
         ServerFile(AUTH_SOCKET_UNIT, "0644", "root", "appliance-auth"):
             env.get_template("appliance-auth.socket.j2").render(context),

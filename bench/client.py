@@ -118,7 +118,7 @@ def kernel_roundtrip(mode, count=50):
     h = headers(mode)
     lines = [f"GET /api/kernels/{kernel}/channels HTTP/1.1", f"Host: {h['Host']}", "Upgrade: websocket",
              "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
-             f"Origin: https://127.0.0.1", f"Cookie: {h['Cookie']}"]
+             "Origin: https://127.0.0.1", f"Cookie: {h['Cookie']}"]
     if "Authorization" in h:
         lines.append(f"Authorization: {h['Authorization']}")
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())

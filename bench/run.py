@@ -84,7 +84,7 @@ def browser_figures(state, password):
     # Jupyter's unix socket, forwarded to this machine through SSH (the only way to reach it from here)
     tunnel = subprocess.Popen(["ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                                "-o", "ExitOnForwardFailure=yes", "-i", str(state / "droplet_ed25519"), "-p", "2222",
-                               "-L", "127.0.0.1:18888:/run/jupyter/jupyter.sock", "root@127.0.0.1"],
+                               "-L", "127.0.0.1:18888:/run/jupyter/jupyter.sock", "ds@127.0.0.1"],
                               stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -217,3 +218,34 @@ def test_secret_files_on_the_server(appliance):
                                      "/etc/appliance/tls/server.key 640 root www-data"]
     for name in ("ca.key", "server.key", "htpasswd", "droplet_ed25519"):
         assert (Path(appliance["state"]) / "local" / name).stat().st_mode & 0o077 == 0, name
+
+
+def ssh(user, *command, state):
+    return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+                           "UserKnownHostsFile=/dev/null", "-i", str(Path(state) / "local" / "droplet_ed25519"),
+                           "-p", "2222", f"{user}@127.0.0.1", *command], capture_output=True, text=True, timeout=60)
+
+
+def test_ssh_is_hardened_without_locking_the_operator_out(appliance):
+    root = ssh("root", "true", state=appliance["state"])
+    assert root.returncode != 0 and "Permission denied" in root.stderr
+    assert ssh("ds", "sudo", "-n", "true", state=appliance["state"]).returncode == 0
+    effective = in_droplet("sshd", "-T")
+    for line in ("permitrootlogin no", "passwordauthentication no", "maxauthtries 3"):
+        assert line in effective.splitlines(), line
+    assert 'Unattended-Upgrade "1"' in in_droplet("cat", "/etc/apt/apt.conf.d/20auto-upgrades")
+
+
+def test_firewall_lets_only_ssh_http_https_in(appliance):
+    address = subprocess.run(["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", DROPLET],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["docker", "exec", "-d", DROPLET, "python3", "-m", "http.server", "9999"], check=True)
+    try:
+        time.sleep(1)
+        in_droplet("python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 9999), 5)")  # it listens
+        for port, open_ in ((9999, False), (443, True), (22, True)):
+            with socket.socket() as s:
+                s.settimeout(3)
+                assert (s.connect_ex((address, port)) == 0) == open_, port
+    finally:
+        subprocess.run(["docker", "exec", DROPLET, "pkill", "-f", "http.server 9999"])
