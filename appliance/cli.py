@@ -90,7 +90,7 @@ def cmd_render(args):
 def cmd_build(args):
     from . import images
     name = images.build(args.image or "scipy", base_image=args.base_image, ca_bundle=args.ca_bundle,
-                        packages=tuple(args.package))
+                        packages=tuple(args.package), say=say)
     say(f"Built {name}")
 
 

@@ -4,7 +4,10 @@ import pytest
 
 from appliance import engine, images
 
-HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+__all__ = ["docker_client", "base_image", "built_images", "containers"]  # what conftest.py imports
+
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"  # PyPI is reached through a TLS-intercepting proxy here
+TEST_CACHE = "/var/cache/appliance-tests"  # the debootstrap tarball, kept between runs
 
 
 @pytest.fixture(scope="session")
@@ -15,22 +18,24 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def base_image(docker_client):
-    """debian:bookworm-slim: pulled, or made with debootstrap when no registry answers (cached)."""
+    """debian:bookworm-slim; when missing, made with debootstrap (no registry is reachable from the tests)."""
     try:
         return docker_client.images.get(images.ROOT_IMAGE)
     except docker.errors.ImageNotFound:
-        images.ensure_root_image(docker_client)
+        images.debootstrap_image(docker_client, images.ROOT_IMAGE, cache=TEST_CACHE)
     return docker_client.images.get(images.ROOT_IMAGE)
 
 
 @pytest.fixture(scope="session")
-def scipy_image(docker_client, base_image):
-    return images.build("scipy", ca_bundle=HOST_CA, say=lambda m: None)
+def built_images(docker_client, base_image):
+    """The tags of every image of the scipy chain, built once per session (cached layers)."""
+    images.build("scipy", ca_bundle=HOST_CA, say=lambda msg: None)
+    return {name: images.tag(name) for name in images.chain("scipy")}
 
 
 @pytest.fixture
 def containers(docker_client):
-    """Start containers with run(...); every one is removed afterwards, whatever happens."""
+    """run(image, ...) starts a detached container; every one is removed afterwards, whatever happens."""
     started = []
 
     def run(image, *args, **kwargs):
@@ -40,4 +45,7 @@ def containers(docker_client):
 
     yield run
     for container in started:
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
