@@ -57,6 +57,35 @@ def parser():
     down = sub.add_parser("down", help="stop and remove the local droplet (notebooks are kept)")
     down.add_argument("--purge", action="store_true", help="also delete the droplet's notebooks and engine data")
 
+    status = sub.add_parser("status", help="show the appliance's health; exit 0 only when healthy")
+    _target_flags(status)
+    status.add_argument("--json", action="store_true", help="print the facts as JSON")
+
+    logs = sub.add_parser("logs", help="print the notebook server's, nginx's or the login verifier's log")
+    _target_flags(logs)
+    logs.add_argument("--service", choices=("jupyter", "nginx", "auth"), default="jupyter", help="whose log (default jupyter)")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl+C ends)")
+
+    backup = sub.add_parser("backup", help="save the notebooks into a local .tar.gz with checksums")
+    _target_flags(backup)
+    backup.add_argument("--out", required=True, metavar="FILE", help="archive to write (e.g. notebooks.tar.gz)")
+
+    restore = sub.add_parser("restore", help="put the notebooks of a backup archive back on the server")
+    _target_flags(restore)
+    restore.add_argument("archive", metavar="FILE", help="archive made by backup")
+
+    passwd = sub.add_parser("passwd", help="set a new login password (from --password-file, "
+                            "$APPLIANCE_PASSWORD or a prompt); old sessions end")
+    _target_flags(passwd)
+
+    rebuild = sub.add_parser("rebuild", help="build the notebook image with extra packages and roll it out; "
+                             "notebooks are untouched")
+    _target_flags(rebuild)
+    rebuild.add_argument("--package", action="append", default=[], metavar="NAME==VER",
+                         help="add (or change the version of) a Python package; remembered for later runs")
+    rebuild.add_argument("--clear-packages", action="store_true", help="drop the packages added before")
+    rebuild.add_argument("--ca-bundle", metavar="PATH", help="extra CA certificates trusted while building")
+
     render = sub.add_parser("render", help="write every file the server would get under DIR; touches no server")
     _target_flags(render, server=False)
     render.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -109,15 +138,47 @@ def cmd_down(args):
     droplet.down(purge=args.purge, say=say)
 
 
-COMMANDS = {"render": cmd_render, "build": cmd_build, "images": cmd_images, "up": cmd_up, "down": cmd_down}
+def cmd_status(args):
+    from . import ops
+    return ops.status(_config(args), as_json=args.json, say=say)
+
+
+def cmd_logs(args):
+    from . import ops
+    return ops.logs(_config(args), service=args.service, follow=args.follow, say=say)
+
+
+def cmd_backup(args):
+    from . import ops
+    ops.backup(_config(args), args.out, say=say)
+
+
+def cmd_restore(args):
+    from . import ops
+    ops.restore(_config(args), args.archive, say=say)
+
+
+def cmd_passwd(args):
+    from . import ops
+    ops.passwd(_config(args), say=say)
+
+
+def cmd_rebuild(args):
+    from . import ops
+    ops.rebuild(_config(args), packages=tuple(args.package), clear=args.clear_packages, ca_bundle=args.ca_bundle,
+                say=say)
+
+
+COMMANDS = {"render": cmd_render, "build": cmd_build, "images": cmd_images, "up": cmd_up, "down": cmd_down,
+            "status": cmd_status, "logs": cmd_logs, "backup": cmd_backup, "restore": cmd_restore,
+            "passwd": cmd_passwd, "rebuild": cmd_rebuild}
 
 
 def run(argv=None):
     """Run one command; returns the exit code."""
     args = parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
-        return 0
+        return COMMANDS[args.command](args) or 0
     except ApplianceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -8,10 +8,14 @@ ansible-runner with a live progress display.
 """
 import dataclasses
 import hashlib
+import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import zlib
@@ -25,6 +29,8 @@ from .errors import DeployError
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 LOGIN = "ssh_login"  # state file: the user SSH logs in as once the server is hardened
+PACKAGES = "packages"  # state file: extra Python packages of the image (`rebuild --package`), one per line
+REMOTE = Path(__file__).with_name("remote.py")
 
 
 class Target:
@@ -109,44 +115,111 @@ def operator_login(target, user, state):
     return operator
 
 
-def ship_image(target, tag, say):
-    """Stream the image to the server (docker save | gzip | ssh docker load) unless it has it already.
+def remote_command(*args):
+    """The shell command running one command of remote.py (its source goes over SSH, nothing stays)."""
+    return " ".join(shlex.quote(a) for a in ("python3", "-c", REMOTE.read_text(), *args))
 
-    Returns the number of bytes sent (0 when nothing was needed).
+
+def remote(target, *args, **kwargs):
+    """Run one command of remote.py on the server as root."""
+    return target.ssh(target.sudo(remote_command(*args)), **kwargs)
+
+
+def remote_json(target, *args):
+    r = remote(target, *args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise DeployError(f"{args[0]} on {target.host} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(r.stdout)
+
+
+def check_disk(target, user):
+    """Refuse to start when the server is nearly out of space: better than a half-written config."""
+    for disk in remote_json(target, "disks", user):
+        if disk["low"]:
+            raise DeployError(f"the server is nearly out of disk space: {disk['path']} has "
+                              f"{disk['free'] / 1e6:.0f} MB free of {disk['size'] / 1e6:.0f} MB; free some "
+                              "space (e.g. `docker image prune` there) and run again")
+
+
+def _layer_chains(manifest, config):
+    """(layer path in the saved archive, chain ID) for each layer of an image."""
+    chain = None
+    for path, diff in zip(manifest["Layers"], config["rootfs"]["diff_ids"]):
+        chain = diff if chain is None else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+        yield path, chain
+
+
+class _GzipPipe:
+    """A write-only file that gzips into a process's stdin and counts the bytes sent."""
+
+    def __init__(self, stdin):
+        self.stdin, self.gzip, self.sent = stdin, zlib.compressobj(1, zlib.DEFLATED, 31), 0
+
+    def write(self, data):
+        self._send(self.gzip.compress(data))
+        return len(data)
+
+    def close(self):
+        self._send(self.gzip.flush())
+        self.stdin.close()
+
+    def _send(self, data):
+        self.stdin.write(data)
+        self.sent += len(data)
+
+
+def ship_image(target, tag, say):
+    """Send the image to the server unless it has it: `docker save`, minus the layers the server holds.
+
+    docker load skips reading a layer whose chain ID it already has, so only
+    new layers travel (gzip level 1). Returns the number of bytes sent.
     """
     client = images.engine.client()
-    image_id = client.images.get(tag).id
+    image = client.images.get(tag)
     r = target.ssh(target.sudo(f"docker image inspect --format '{{{{.Id}}}}' {tag}"),
                    capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if r.returncode == 0 and r.stdout.strip() == image_id:
-        say(f"Image {tag} is already on the server ({image_id[:19]})")
+    if r.returncode == 0 and r.stdout.strip() == image.id:
+        say(f"Image {tag} is already on the server ({image.id[:19]})")
         return 0
-    size = client.images.get(tag).attrs["Size"]
-    say(f"Sending image {tag} ({size / 1e6:.0f} MB uncompressed) to the server")
+    have = set(remote_json(target, "layers"))
     started = time.monotonic()
-    load = subprocess.Popen(["ssh", *target.ssh_options(), "-p", str(target.port),
-                             f"{target.user}@{target.host}", target.sudo("docker load -q")],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip format; docker load detects it
-    raw = sent = 0
-    try:
+    with tempfile.TemporaryFile() as saved:
         for chunk in client.api.get_image(tag, chunk_size=1 << 20):
-            data = gzip.compress(chunk)
-            load.stdin.write(data)
-            raw, sent = raw + len(chunk), sent + len(data)
-        data = gzip.flush()
-        load.stdin.write(data)
-        sent += len(data)
-        load.stdin.close()
-    except BrokenPipeError:
-        pass
+            saved.write(chunk)
+        saved.seek(0)
+        with tarfile.open(fileobj=saved) as src:
+            manifest = json.load(src.extractfile("manifest.json"))[0]
+            skip = {path for path, chain in _layer_chains(manifest, json.load(src.extractfile(manifest["Config"])))
+                    if chain in have}
+            say(f"Sending image {tag} to the server: {len(manifest['Layers']) - len(skip)} of "
+                f"{len(manifest['Layers'])} layers are new ({image.attrs['Size'] / 1e6:.0f} MB in all)")
+            load = subprocess.Popen(["ssh", *target.ssh_options(), "-p", str(target.port),
+                                     f"{target.user}@{target.host}", target.sudo("docker load -q")],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            pipe = _GzipPipe(load.stdin)
+            try:
+                with tarfile.open(fileobj=pipe, mode="w|") as out:
+                    for member in src:
+                        if member.name in skip:
+                            continue
+                        data = src.extractfile(member)  # follows links: docker save links identical layers,
+                        if member.issym() or member.islnk():  # and the layer linked to may have been skipped
+                            member = tarfile.TarInfo(member.name)
+                            member.size = data.seek(0, os.SEEK_END)
+                            data.seek(0)
+                        out.addfile(member, data)
+                pipe.close()
+            except BrokenPipeError:
+                pass
     err = load.stderr.read()
     if load.wait() != 0:
         raise DeployError(f"loading the image on the server failed: {err.decode(errors='replace').strip()}")
-    seconds = time.monotonic() - started
-    say(f"Image loaded on the server: {sent / 1e6:.0f} MB sent ({raw / 1e6:.0f} MB before compression) "
-        f"in {seconds:.0f} s")
-    return sent
+    say(f"Image loaded on the server: {_size(pipe.sent)} sent in {time.monotonic() - started:.0f} s")
+    return pipe.sent
+
+
+def _size(n):
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 class Progress:
@@ -228,11 +301,18 @@ def run_playbook(target, playbook, extravars, say):
             "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "False",
             "ANSIBLE_LOCALHOST_WARNING": "False", "ANSIBLE_FORCE_COLOR": "False",
         }
-        progress = Progress()
-        runner = ansible_runner.run(private_data_dir=private, playbook=str(ANSIBLE / playbook), inventory=inventory,
-                                    extravars=extravars, envvars=envvars, quiet=True,
-                                    event_handler=progress)  # vars go in a file under the 0700 dir, not argv
+        progress, interrupted = Progress(), []
+        # Ctrl+C: ansible-playbook runs in its own session, so ask the runner to stop it, then stop too.
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        try:
+            runner = ansible_runner.run(private_data_dir=private, playbook=str(ANSIBLE / playbook),
+                                        inventory=inventory, extravars=extravars, envvars=envvars, quiet=True,
+                                        event_handler=progress, cancel_callback=lambda: bool(interrupted))
+        finally:  # (extravars go in a file under the 0700 directory, not on a command line)
+            signal.signal(signal.SIGINT, previous)
         progress.finish()
+        if interrupted:
+            raise KeyboardInterrupt
         stats = runner.stats or {}
         if runner.status != "successful" or progress.failures:
             block = "\n".join(f"  task: {task}\n  host: {host}\n  " + msg.replace("\n", "\n  ")
@@ -247,18 +327,14 @@ def run_playbook(target, playbook, extravars, say):
         return changed
 
 
-def up(cfg, ca_bundle=None, say=print):
-    """Provision cfg's target; returns the number of changes made."""
-    if not shutil.which("ssh"):
-        bootstrap.apt_install(["openssh-client"], "SSH to the server")
-    started = time.monotonic()
-    state, cert, where = render.prepare(cfg, say=say)
+def connect(cfg, state, control_dir, create=False, say=print):
+    """(Target, operator public key) for cfg; the local droplet is created or started only when create."""
     fresh = False
     if cfg.is_local:
         from . import droplet
-        reach = droplet.ensure(cfg, say=say)
+        reach = droplet.ensure(cfg, say=say, create=create)
         host, port, user, key = reach["host"], reach["port"], reach["user"], reach["key"]
-        fresh = reach.get("created", False)
+        fresh = reach["created"]
     else:
         host, port, user, key = cfg.host, cfg.ssh_port, cfg.ssh_user, cfg.ssh_key
     key, pubkey = _public_key(key)
@@ -267,11 +343,27 @@ def up(cfg, ca_bundle=None, say=print):
         known_hosts.unlink(missing_ok=True)
         state.file(LOGIN).unlink(missing_ok=True)
     login = (state.read(LOGIN) or b"").decode().strip() or user
+    target = Target(host, port, login, key, str(known_hosts), control_dir)
+    check_reachable(target)
+    return target, pubkey
+
+
+def extra_packages(state):
+    """The image's extra packages for this target (set by `rebuild --package`)."""
+    return tuple((state.read(PACKAGES) or b"").decode().split())
+
+
+def up(cfg, ca_bundle=None, say=print):
+    """Provision cfg's target; returns the number of changes made."""
+    if not shutil.which("ssh"):
+        bootstrap.apt_install(["openssh-client"], "SSH to the server")
+    started = time.monotonic()
+    state, cert, where = render.prepare(cfg, say=say)
     with tempfile.TemporaryDirectory(prefix="appliance-") as work:
         os.chmod(work, 0o700)
-        target = Target(host, port, login, key, str(known_hosts), work)
-        check_reachable(target)
-        tag = images.build(cfg.image, ca_bundle=ca_bundle, say=say)
+        target, pubkey = connect(cfg, state, work, create=True, say=say)
+        check_disk(target, cfg.user)
+        tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=extra_packages(state), say=say)
         rendered = Path(work) / "render"
         files = render.render(cfg, state, rendered)
         extravars = {

@@ -95,12 +95,14 @@ def _wait_for_ssh(port, timeout=120):
     raise DeployError(f"the local droplet's sshd did not answer on 127.0.0.1:{port} within {timeout} s")
 
 
-def ensure(cfg, say=print):
-    """Create, start or reuse the local droplet; returns how to reach it over SSH."""
-    client = engine.client(install=True, say=say)
+def ensure(cfg, say=print, create=True):
+    """How to reach the local droplet over SSH; it is created or started only when create is true."""
+    client = engine.client(install=create, say=say)
     key_path, public = _ssh_key(State(cfg.target_dir).ensure())
     container = _container(client)
     created = container is None
+    if not create and (created or container.status != "running"):
+        raise DeployError("the local droplet is not running; `provision.py up` starts it")
     if created:
         container = _create(client, say)
     elif container.status != "running":

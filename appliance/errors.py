@@ -26,3 +26,7 @@ class ImageError(ApplianceError):
 
 class DeployError(ApplianceError):
     """Provisioning a server failed."""
+
+
+class BackupError(ApplianceError):
+    """A backup could not be made, or an archive is not a sound backup."""

@@ -5,3 +5,4 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fixtures_docker import *  # noqa: E402,F401,F403  (Docker engine, base image, tracked containers)
+from fixtures_e2e import *  # noqa: E402,F401,F403  (the session's provisioned local droplet)

@@ -1,0 +1,219 @@
+"""Day-2 commands on a provisioned appliance: status, logs, backup, restore, passwd, rebuild.
+
+Each reaches the server the way `up` does (the local droplet without --host)
+and runs the server side of its work through remote.py.
+"""
+import contextlib
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+from . import auth, deploy, images, remote, render, tls
+from .errors import BackupError, DeployError
+from .state import State
+
+LOGS = {
+    "jupyter": "docker logs --tail 200 {follow} jupyter",
+    "nginx": "tail -n 100 {follow} /var/log/nginx/access.log /var/log/nginx/error.log",
+    "auth": "journalctl --no-pager -n 100 {follow} -u appliance-auth.service",
+}
+
+
+@contextlib.contextmanager
+def session(cfg, say=print):
+    """A reachable Target for cfg and its State; the shared SSH connection is closed afterwards."""
+    state = State(cfg.target_dir).ensure()
+    with tempfile.TemporaryDirectory(prefix="appliance-") as work:
+        os.chmod(work, 0o700)
+        target, _ = deploy.connect(cfg, state, work, say=say)
+        try:
+            yield target, state
+        finally:
+            target.close()
+
+
+def notebooks(cfg):
+    return f"/home/{cfg.user}/notebooks"
+
+
+# status -------------------------------------------------------------------------------------------------
+
+def _problems(facts):
+    c = facts["container"]
+    found = []
+    if c is None:
+        found.append("the notebook container does not exist")
+    elif c["state"] != "running" or c["health"] != "healthy":
+        found.append(f"the notebook container is {c['state']}" + (f", {c['health']}" if c["health"] else ""))
+    for name in ("nginx", "login_verifier"):
+        if facts[name] != "active":
+            found.append(f"{name.replace('_', ' ')} is {facts[name]}")
+    if facts["https"] != "login required":
+        found.append(f"https on the server: {facts['https']}")
+    cert = facts.get("certificate")
+    if cert is None:
+        found.append("no TLS certificate installed")
+    elif cert["days_left"] < 0:
+        found.append("the TLS certificate has expired: run up to renew it")
+    found += [f"disk nearly full: {d['path']} has {d['free'] / 1e6:.0f} MB free" for d in facts["disks"] if d["low"]]
+    return found
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    d, h, m = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m" if h else f"{m}m {seconds % 60}s"
+
+
+def _report(cfg, facts):
+    c, i, cert = facts["container"], facts["image"], facts["certificate"]
+    lines = [f"{cfg.url}  {'healthy' if facts['healthy'] else 'NOT HEALTHY'}"]
+    if c:
+        started = datetime.datetime.fromisoformat(c["started_at"][:19]).replace(tzinfo=datetime.timezone.utc)
+        lines.append(f"  notebook container: {c['state']}, {c['health'] or 'no healthcheck'}, "
+                     f"up {_duration(facts['now'] - started.timestamp())}, {c['restarts']} restarts")
+    if i:
+        lines.append(f"  image:       {', '.join(i['tags']) or '(untagged)'} {c['image_id'][:19]} "
+                     f"({i['size'] / 1e6:.0f} MB), versions manifest sha256 {(i['manifest_sha256'] or '?')[:16]}")
+    lines.append(f"  nginx:       {facts['nginx']}, login verifier {facts['login_verifier']}, "
+                 f"https {facts['https']}")
+    if cert:
+        lines.append(f"  certificate: expires {cert['expires'][:10]} ({cert['days_left']} days), "
+                     f"SHA-256 {cert['sha256']}")
+    for d in facts["disks"]:
+        lines.append(f"  disk {d['path']}: {d['free'] / 1e9:.1f} GB free of {d['size'] / 1e9:.1f} GB"
+                     + ("  LOW" if d["low"] else ""))
+    m = facts["memory"]
+    lines.append(f"  memory:      {m['available'] / 1e9:.1f} GB available of {m['total'] / 1e9:.1f} GB")
+    lines.append(f"  server up:   {_duration(facts['server_uptime_s'])}")
+    lines += [f"  problem: {p}" for p in facts["problems"]]
+    return "\n".join(lines)
+
+
+def status(cfg, as_json=False, say=print):
+    """Print the appliance's state; returns 0 only when it is healthy."""
+    with session(cfg, say) as (target, _):
+        facts = deploy.remote_json(target, "status", cfg.user)
+    pem = facts.pop("certificate_pem")
+    facts["certificate"] = None
+    if pem:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        expires = cert.not_valid_after_utc
+        facts["certificate"] = {"expires": expires.isoformat(), "sha256": tls.fingerprint(cert),
+                                "days_left": (expires - datetime.datetime.now(datetime.timezone.utc)).days}
+    facts["problems"] = _problems(facts)
+    facts["healthy"] = not facts["problems"]
+    say(json.dumps(facts, indent=2) if as_json else _report(cfg, facts))
+    return 0 if facts["healthy"] else 1
+
+
+# logs ---------------------------------------------------------------------------------------------------
+
+def logs(cfg, service="jupyter", follow=False, say=print):
+    command = LOGS[service].format(follow="-f" if follow else "")
+    with session(cfg, say) as (target, _):
+        try:
+            r = target.ssh(target.sudo(command), stdin=subprocess.DEVNULL)
+        except KeyboardInterrupt:
+            return 0
+    if r.returncode != 0 and not follow:
+        raise DeployError(f"reading the {service} log failed (exit {r.returncode})")
+    return 0
+
+
+# backup and restore -------------------------------------------------------------------------------------
+
+def _check_archive(path):
+    try:
+        with open(path, "rb") as f:
+            return remote.read_archive(f)
+    except OSError as exc:
+        raise BackupError(f"cannot read {path}: {exc.strerror}") from None
+    except remote.ArchiveError as exc:
+        raise BackupError(f"{path}: {exc}") from None
+
+
+def backup(cfg, out, say=print):
+    """Stream the notebooks into a local tar.gz (0600), check it, then give it its name."""
+    out = Path(out)
+    if out.is_dir():
+        raise BackupError(f"{out} is a directory; give a file name like notebooks.tar.gz")
+    partial = out.with_name(out.name + ".partial")
+    with session(cfg, say) as (target, _):
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            started, received, shown = time.monotonic(), 0, 0.0
+            proc = subprocess.Popen(["ssh", *target.ssh_options(), "-p", str(target.port),
+                                     f"{target.user}@{target.host}", target.sudo(
+                                         deploy.remote_command("backup", notebooks(cfg)))],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            while chunk := proc.stdout.read(1 << 20):
+                f.write(chunk)
+                received += len(chunk)
+                if sys.stdout.isatty() and time.monotonic() - shown > 0.5:
+                    shown = time.monotonic()
+                    print(f"\r  received {received / 1e6:.1f} MB", end="", flush=True)
+            err = proc.stderr.read().decode(errors="replace").strip()
+            if proc.wait() != 0:
+                partial.unlink()
+                raise BackupError(f"backup on the server failed: {(err.splitlines() or ['?'])[-1]}")
+    digests = _check_archive(partial)
+    os.replace(partial, out)
+    say(f"\rBacked up {len(digests)} files from {notebooks(cfg)} to {out} "
+        f"({received / 1e6:.1f} MB, checked, in {time.monotonic() - started:.0f} s)")
+    for line in err.splitlines():
+        say(f"  {line}")
+
+
+def restore(cfg, archive, say=print):
+    """Check the archive here, then replace the notebooks with it on the server (the old ones are kept)."""
+    digests = _check_archive(archive)
+    say(f"{archive}: {len(digests)} files, checksums match")
+    with session(cfg, say) as (target, _), open(archive, "rb") as f:
+        r = deploy.remote(target, "restore", notebooks(cfg), cfg.user, stdin=f, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BackupError(f"restore on the server failed, its notebooks were left as they were: "
+                          f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    result = json.loads(r.stdout)
+    say(f"Restored {result['files']} files into {notebooks(cfg)}; the notebook server was restarted onto them")
+    if result["kept"]:
+        say(f"  the notebooks that were there are kept in {result['kept']} on the server")
+
+
+# passwd -------------------------------------------------------------------------------------------------
+
+def passwd(cfg, say=print):
+    """Set a new password: written here, then installed atomically on the server; old sessions end."""
+    with session(cfg, say) as (target, state):
+        where = auth.ensure_htpasswd(cfg, state, say=say, force_new=True)
+        r = deploy.remote(target, "install", render.HTPASSWD, "0640", "www-data", input=state.read("htpasswd"),
+                          capture_output=True)
+    if r.returncode != 0:
+        raise DeployError("the new password is saved here but the server did not take it "
+                          f"({r.stderr.decode(errors='replace').strip()[-200:]}); run `up` to apply it")
+    say(f"Password changed for {cfg.user!r} ({where}); it works now, and logins with the old one no longer do")
+
+
+# rebuild ------------------------------------------------------------------------------------------------
+
+def _merge(old, new):
+    """Package specs by name: a new spec replaces an old one for the same package."""
+    by_name = {spec.split("==")[0].lower().replace("_", "-"): spec for spec in (*old, *new)}
+    return tuple(sorted(by_name.values(), key=str.lower))
+
+
+def rebuild(cfg, packages=(), clear=False, ca_bundle=None, say=print):
+    """Build the image with the target's extra packages and roll it out; returns `up`'s change count."""
+    state = State(cfg.target_dir).ensure()
+    wanted = _merge(() if clear else deploy.extra_packages(state), packages)
+    images.build(cfg.image, ca_bundle=ca_bundle, packages=wanted, say=say)  # a failed build stores nothing
+    state.write(deploy.PACKAGES, "".join(f"{p}\n" for p in wanted))
+    say(f"Extra packages: {', '.join(wanted) or 'none'}")
+    return deploy.up(cfg, ca_bundle=ca_bundle, say=say)

@@ -1,0 +1,72 @@
+"""The session's local droplet for the end-to-end tests: made by a cold `up`, purged at the end."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+__all__ = ["appliance"]  # what conftest.py imports
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DROPLET = "appliance-droplet"
+URL = "https://127.0.0.1:8443"
+PASSWORD = "e2e test password"
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def provision(*args, env, timeout=2400):
+    started = time.monotonic()
+    r = subprocess.run([sys.executable, str(ROOT / "provision.py"), *args], env=env, text=True,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    print(r.stdout)
+    return r, time.monotonic() - started
+
+
+class ArgvSampler(threading.Thread):
+    """Reads every process's command line (the droplet's too: same kernel) while `up` runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.running, self.seen = True, set()
+
+    def run(self):
+        while self.running:
+            for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+                try:
+                    self.seen.add(cmdline.read_bytes().replace(b"\0", b" "))
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+
+def in_droplet(*cmd):
+    r = subprocess.run(["docker", "exec", DROPLET, *cmd], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def jupyter_started_at():
+    return in_droplet("docker", "inspect", "-f", "{{.State.StartedAt}}", "jupyter").strip()
+
+
+@pytest.fixture(scope="session")
+def appliance(docker_client, base_image, tmp_path_factory):
+    state = tmp_path_factory.mktemp("state")
+    env = {**os.environ, "APPLIANCE_STATE_DIR": str(state), "APPLIANCE_PASSWORD": PASSWORD}
+    provision("down", "--purge", env=env)
+    sampler = ArgvSampler()
+    sampler.start()
+    r, cold = provision("up", "--ca-bundle", HOST_CA, env=env)
+    sampler.running = False
+    assert r.returncode == 0, r.stdout[-4000:]
+    timings = {"cold_up_s": round(cold, 1)}
+    yield {"env": env, "state": state, "ca": str(state / "local" / "ca.crt"), "up": r.stdout,
+           "timings": timings, "argv": sampler.seen}
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "e2e-timings.json").write_text(json.dumps(timings, indent=2))
+    provision("down", "--purge", env=env)

@@ -1,0 +1,72 @@
+"""Backup archives: what remote.py writes is what it and restore accept; anything else is refused."""
+import io
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from appliance import remote
+
+REMOTE = remote.__file__
+
+
+def make_backup(directory):
+    r = subprocess.run([sys.executable, REMOTE, "backup", str(directory)], capture_output=True, check=True)
+    return r.stdout
+
+
+@pytest.fixture
+def notebooks(tmp_path):
+    d = tmp_path / "notebooks"
+    (d / "sub dir").mkdir(parents=True)
+    (d / "a.ipynb").write_text('{"cells": []}')
+    (d / "sub dir" / "data.bin").write_bytes(os.urandom(300_000))
+    (d / "empty").mkdir()
+    return d
+
+
+def test_backup_round_trip(notebooks):
+    digests = remote.read_archive(io.BytesIO(make_backup(notebooks)))
+    assert sorted(digests) == ["notebooks/a.ipynb", "notebooks/sub dir/data.bin"]
+
+
+def _rewrite(archive, change):
+    """The archive with change(name, data) -> (name, data) applied to each member."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as src, \
+            tarfile.open(fileobj=out, mode="w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read() if member.isfile() else None
+            member.name, data = change(member.name, data)
+            if data is not None:
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda n, d: (n, d[:-1] + bytes([d[-1] ^ 1]) if n.endswith(".bin") else d), "checksums"),
+    (lambda n, d: ("notebooks/../../etc/x" if n.endswith(".ipynb") else n, d), "outside"),
+    (lambda n, d: ("/etc/x" if n.endswith(".ipynb") else n, d), "outside"),
+    (lambda n, d: (n, b"" if n == remote.MANIFEST else d), "checksums"),
+])
+def test_bad_archives_are_refused(notebooks, change, message):
+    with pytest.raises(remote.ArchiveError, match=message):
+        remote.read_archive(io.BytesIO(_rewrite(make_backup(notebooks), change)))
+
+
+def test_symlinks_and_foreign_archives_are_refused(notebooks, tmp_path):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        link = tarfile.TarInfo("notebooks/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    with pytest.raises(remote.ArchiveError, match="not a file or directory"):
+        remote.read_archive(io.BytesIO(out.getvalue()))
+    with pytest.raises(remote.ArchiveError, match="damaged"):
+        remote.read_archive(io.BytesIO(make_backup(notebooks)[:-200]))
+    with pytest.raises(remote.ArchiveError, match="no MANIFEST"):
+        remote.read_archive(io.BytesIO(_rewrite(make_backup(notebooks), lambda n, d: (
+            "notebooks/x" if n == remote.MANIFEST else n, d))))

@@ -1,0 +1,246 @@
+"""Day-2 commands and reliability drills on the session's local droplet (after test_e2e.py).
+
+Each drill records its recovery time in the session's timings (tests/artifacts/e2e-timings.json).
+"""
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from passlib.apache import HtpasswdFile
+
+import jupyter_api
+from fixtures_e2e import DROPLET, HOST_CA, PASSWORD, ROOT, URL, in_droplet, provision
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+NOTEBOOKS = "/home/ds/notebooks"
+
+
+def api(appliance, password=PASSWORD):
+    return jupyter_api.session(appliance["ca"], "ds", password)
+
+
+def wait_for_https(appliance, timeout):
+    """Seconds until an authenticated /api/status answers 200 (fails after timeout)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if api(appliance).get(f"{URL}/api/status", timeout=5).status_code == 200:
+                return round(time.monotonic() - started, 1)
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"HTTPS did not come back within {timeout} s")
+
+
+def pid1_start():
+    """When the droplet's init started (clock ticks since the kernel booted): changes with every boot."""
+    return in_droplet("python3", "-c", "print(open('/proc/1/stat').read().split()[21])")
+
+
+def notebook_sums():
+    return in_droplet("sh", "-c", f"cd {NOTEBOOKS} && find . -type f -print0 | sort -z | xargs -0r sha256sum")
+
+
+def put_file(appliance, path, text):
+    r = api(appliance).put(f"{URL}/api/contents/{path}", json={"type": "file", "format": "text", "content": text})
+    assert r.status_code in (200, 201), r.text
+
+
+def status(appliance):
+    r, _ = provision("status", "--json", env=appliance["env"])
+    return r.returncode, json.loads(r.stdout[r.stdout.index("{"):])
+
+
+def test_status_reports_health(appliance):
+    code, facts = status(appliance)
+    assert code == 0 and facts["healthy"], facts["problems"]
+    assert facts["container"]["state"] == "running" and facts["https"] == "login required"
+    served = x509.load_pem_x509_certificate((Path(appliance["state"]) / "local" / "server.crt").read_bytes())
+    assert facts["certificate"]["days_left"] > 300
+    assert facts["certificate"]["sha256"].replace(":", "").lower() == served.fingerprint(hashes.SHA256()).hex()
+    assert facts["image"]["manifest_sha256"] and facts["disks"][0]["free"] > 0
+    r, _ = provision("status", env=appliance["env"])
+    assert r.returncode == 0 and "healthy" in r.stdout.splitlines()[0]
+    in_droplet("systemctl", "stop", "nginx")
+    try:
+        code, facts = status(appliance)
+        assert code == 1 and "nginx is inactive" in facts["problems"]
+    finally:
+        in_droplet("systemctl", "start", "nginx")
+
+
+def test_logs(appliance):
+    r, _ = provision("logs", env=appliance["env"])
+    assert r.returncode == 0 and "Jupyter Server" in r.stdout
+    marker = f"logs-probe-{time.time_ns()}"
+    follow = subprocess.Popen([sys.executable, str(ROOT / "provision.py"), "logs", "--service", "nginx", "--follow"],
+                              env=appliance["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    seen = threading.Event()
+
+    def read():
+        for line in follow.stdout:
+            if marker in line:
+                seen.set()
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not seen.is_set() and time.monotonic() < deadline:
+            api(appliance).get(f"{URL}/api/status?{marker}")
+            seen.wait(2)
+        assert seen.is_set(), "the followed nginx log never showed the request"
+    finally:
+        os.killpg(follow.pid, signal.SIGINT)
+        follow.wait(30)
+    r, _ = provision("logs", "--service", "nginx", env=appliance["env"])
+    assert marker in r.stdout and PASSWORD not in r.stdout
+
+
+def test_passwd_takes_effect_at_once(appliance):
+    old = api(appliance)
+    assert old.get(f"{URL}/api/status").status_code == 200  # the verifier now remembers this login
+    new_password = "a brand new passphrase"
+    r, _ = provision("passwd", env={**appliance["env"], "APPLIANCE_PASSWORD": new_password})
+    try:
+        assert r.returncode == 0, r.stdout
+        assert new_password not in r.stdout
+        assert old.get(f"{URL}/api/status").status_code == 401
+        assert api(appliance, new_password).get(f"{URL}/api/status").status_code == 200
+        assert in_droplet("stat", "-c", "%a %U %G", "/etc/appliance/htpasswd").strip() == "640 root www-data"
+    finally:
+        r, _ = provision("passwd", env=appliance["env"])
+    assert r.returncode == 0 and api(appliance).get(f"{URL}/api/status").status_code == 200
+
+
+def test_drill_killed_notebook_server_comes_back(appliance):
+    restarts = in_droplet("docker", "inspect", "-f", "{{.RestartCount}}", "jupyter").strip()
+    pid = in_droplet("docker", "inspect", "-f", "{{.State.Pid}}", "jupyter").strip()
+    in_droplet("kill", "-9", pid)
+    seconds = wait_for_https(appliance, 60)
+    appliance["timings"]["drill1_kill_recovery_s"] = seconds
+    assert in_droplet("docker", "inspect", "-f", "{{.RestartCount}}", "jupyter").strip() != restarts
+    assert seconds <= 30
+
+
+def test_drill_droplet_reboot_keeps_notebooks(appliance):
+    put_file(appliance, "before-reboot.txt", "still here")
+    before, booted = notebook_sums(), pid1_start()
+    started = time.monotonic()
+    subprocess.run(["docker", "restart", "-t", "30", DROPLET], check=True, capture_output=True)
+    waited = wait_for_https(appliance, 120)
+    appliance["timings"]["drill2_reboot_recovery_s"] = round(time.monotonic() - started, 1)
+    assert pid1_start() != booted  # it did boot
+    assert notebook_sums() == before
+    assert appliance["timings"]["drill2_reboot_recovery_s"] <= 90, waited
+
+
+def test_drill_rebuild_with_an_open_notebook_and_a_running_kernel(appliance):
+    text = json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    r = api(appliance).put(f"{URL}/api/contents/open.ipynb", json={"type": "notebook", "content": json.loads(text)})
+    assert r.status_code in (200, 201), r.text
+    session = api(appliance).post(f"{URL}/api/sessions", json={"path": "open.ipynb", "type": "notebook",
+                                                                 "kernel": {"name": "python3"}})
+    assert session.status_code == 201, session.text
+    before = notebook_sums()
+    size = int(in_droplet("docker", "image", "inspect", "-f", "{{.Size}}", "appliance/scipy:latest"))
+    r, seconds = provision("rebuild", "--package", "tabulate==0.9.0", "--ca-bundle", HOST_CA, env=appliance["env"])
+    assert r.returncode == 0, r.stdout[-4000:]
+    sent = re.search(r"Image loaded on the server: ([\d.]+) (kB|MB) sent", r.stdout)
+    sent_bytes = float(sent[1]) * (1e3 if sent[2] == "kB" else 1e6)
+    appliance["timings"].update(rebuild_s=round(seconds, 1), rebuild_sent_bytes=sent_bytes, image_bytes=size)
+    assert sent_bytes < size / 100  # only the new layer travelled
+    assert notebook_sums() == before
+    assert jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, "import tabulate; tabulate.__version__") \
+        == "'0.9.0'"
+    r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])  # the package is remembered
+    assert r.returncode == 0 and "changed=0" in r.stdout, r.stdout[-3000:]
+
+
+def test_drill_interrupted_up_then_up_completes(appliance):
+    proc = subprocess.Popen([sys.executable, str(ROOT / "provision.py"), "up", "--ca-bundle", HOST_CA],
+                            env=appliance["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("[task 4]"):
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl+C in a terminal does
+            break
+    out.append(proc.stdout.read())
+    assert proc.wait(120) == 130, "".join(out)
+    assert "Traceback" not in "".join(out)
+    time.sleep(2)
+    assert subprocess.run(["pgrep", "-f", "ansible-playbook"], capture_output=True).returncode == 1
+    state = Path(appliance["state"]) / "local"
+    assert not [p.name for p in state.iterdir() if p.name.startswith(".")]  # no temporary file left
+    x509.load_pem_x509_certificate((state / "server.crt").read_bytes())
+    load_pem_private_key((state / "server.key").read_bytes(), None)
+    assert HtpasswdFile.from_path(str(state / "htpasswd")).check_password("ds", PASSWORD)
+    r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+    assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_drill_nearly_full_disk(appliance):
+    in_droplet("sh", "-c", "cp -a /etc/appliance /root/appliance-copy && "
+               "mount -t tmpfs -o size=64m tmpfs /etc/appliance && cp -a /root/appliance-copy/. /etc/appliance/ && "
+               "fallocate -l 61m /etc/appliance/filler")
+    try:
+        code, facts = status(appliance)
+        assert code == 1 and any("disk nearly full: /etc/appliance" in p for p in facts["problems"])
+        files = "sha256sum /etc/appliance/*.py /etc/appliance/htpasswd /etc/appliance/tls/* /etc/nginx/sites-available/*"
+        before = in_droplet("sh", "-c", files)
+        r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+        assert r.returncode != 0 and "nearly out of disk space: /etc/appliance" in r.stdout, r.stdout[-3000:]
+        assert "Traceback" not in r.stdout and "PLAY" not in r.stdout
+        assert in_droplet("sh", "-c", files) == before
+    finally:
+        in_droplet("sh", "-c", "umount /etc/appliance; rm -rf /root/appliance-copy")
+
+
+def test_drill_backup_purge_up_restore(appliance, tmp_path):
+    in_droplet("sh", "-c", f"mkdir -p '{NOTEBOOKS}/données/deep' && head -c 5000000 /dev/urandom > "
+               f"'{NOTEBOOKS}/données/deep/data.bin' && echo 'print(1)' > '{NOTEBOOKS}/script.py' && "
+               f"chown -R ds:ds {NOTEBOOKS}")
+    before = notebook_sums()
+    archive = tmp_path / "notebooks.tar.gz"
+    r, seconds = provision("backup", "--out", str(archive), env=appliance["env"])
+    assert r.returncode == 0, r.stdout
+    assert archive.stat().st_mode & 0o777 == 0o600
+    appliance["timings"]["backup_s"] = round(seconds, 1)
+
+    corrupt = tmp_path / "corrupt.tar.gz"
+    with tarfile.open(archive) as src, tarfile.open(corrupt, "w:gz") as dst:
+        for member in src:
+            data = src.extractfile(member).read() if member.isfile() else None
+            if member.name.endswith("data.bin"):
+                data = b"X" + data[1:]
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    r, _ = provision("restore", str(corrupt), env=appliance["env"])
+    assert r.returncode != 0 and r.stdout.startswith("error:") and "checksums" in r.stdout, r.stdout
+    assert notebook_sums() == before
+
+    started = time.monotonic()
+    assert provision("down", "--purge", env=appliance["env"])[0].returncode == 0
+    r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+    assert r.returncode == 0, r.stdout[-4000:]
+    assert notebook_sums() == ""
+    r, _ = provision("restore", str(archive), env=appliance["env"])
+    assert r.returncode == 0, r.stdout
+    appliance["timings"]["drill5_purge_up_restore_s"] = round(time.monotonic() - started, 1)
+    assert notebook_sums() == before
+    wait_for_https(appliance, 60)
+    got = api(appliance).get(f"{URL}/api/contents/script.py", params={"content": 1})
+    assert got.status_code == 200 and got.json()["content"] == "print(1)\n"
