@@ -189,8 +189,9 @@ def test_drill_interrupted_up_then_up_completes(appliance):
     x509.load_pem_x509_certificate((state / "server.crt").read_bytes())
     load_pem_private_key((state / "server.key").read_bytes(), None)
     assert HtpasswdFile.from_path(str(state / "htpasswd")).check_password("ds", PASSWORD)
-    r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+    r, seconds = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
     assert r.returncode == 0, r.stdout[-3000:]
+    appliance["timings"]["drill3_next_up_s"] = round(seconds, 1)
 
 
 def test_drill_nearly_full_disk(appliance):
@@ -202,7 +203,8 @@ def test_drill_nearly_full_disk(appliance):
         assert code == 1 and any("disk nearly full: /etc/appliance" in p for p in facts["problems"])
         files = "sha256sum /etc/appliance/*.py /etc/appliance/htpasswd /etc/appliance/tls/* /etc/nginx/sites-available/*"
         before = in_droplet("sh", "-c", files)
-        r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+        r, seconds = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+        appliance["timings"]["drill6_up_refused_s"] = round(seconds, 1)
         assert r.returncode != 0 and "nearly out of disk space: /etc/appliance" in r.stdout, r.stdout[-3000:]
         assert "Traceback" not in r.stdout and "PLAY" not in r.stdout
         assert in_droplet("sh", "-c", files) == before

@@ -55,6 +55,13 @@ CASES = [  # (name, argv after provision.py, extra env, expected text in the err
     ("config file with a wrong type", ["render", "--host", "192.0.2.1", "--config", "{bad_config}"], {},
      "ssh_port must be an integer"),
     ("config file that is not TOML", ["render", "--config", "{not_toml}"], {}, "not valid TOML"),
+    ("restore of a missing archive", ["restore", "/nonexistent/backup.tar.gz"], {}, "cannot read"),
+    ("restore of a file that is not a backup", ["restore", "{not_a_key}"], {}, "damaged or not a backup"),
+    ("backup into a directory", ["backup", "--out", "/tmp"], {}, "is a directory"),
+    ("rebuild with a package with shell text", ["rebuild", "--host", "127.0.0.1", "--package", "x==1 && reboot"],
+     {}, "package requirement"),
+    ("status of a host refusing SSH", ["status", "--host", "127.0.0.1", "--ssh-port", "{closed}", "--ssh-key",
+                                       "{key}"], {}, "refuses SSH connections"),
     ("port out of range", ["up", "--host", "127.0.0.1", "--ssh-port", "70000"], {}, "not a port number"),
 ]
 
@@ -72,7 +79,7 @@ def test_hostile_input_is_one_clear_line(name, argv, env, expected, tmp_path):
               "bad_config": write(tmp_path / "bad.toml", 'ssh_port = "twenty-two"\n'),
               "not_toml": write(tmp_path / "x.toml", "host = \n")}
     argv = [a.format(**values) if a.startswith("{") else a for a in argv]
-    if argv[0] in ("render", "up"):
+    if argv[0] in ("render", "up", "rebuild", "status"):
         argv += ["--state-dir", str(state)]
     if argv[0] == "render":
         argv += ["--out", str(tmp_path / "out")]
