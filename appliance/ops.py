@@ -164,9 +164,11 @@ def backup(cfg, out, say=print):
             if proc.wait() != 0:
                 partial.unlink()
                 raise BackupError(f"backup on the server failed: {(err.splitlines() or ['?'])[-1]}")
+    if shown:
+        print(flush=True)
     digests = _check_archive(partial)
     os.replace(partial, out)
-    say(f"\rBacked up {len(digests)} files from {notebooks(cfg)} to {out} "
+    say(f"Backed up {len(digests)} files from {notebooks(cfg)} to {out} "
         f"({received / 1e6:.1f} MB, checked, in {time.monotonic() - started:.0f} s)")
     for line in err.splitlines():
         say(f"  {line}")
