@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """The benchmark suite: the appliance against Jupyter reached directly, side by side in one run.
 
-    python3 bench/run.py [--cold-up] [--images] [--upload-mb 1024]
+    python3 bench/run.py [--cold-up] [--rebuild] [--images] [--upload-mb 1024]
 
 Needs a provisioned local droplet (`python3 provision.py up`) and its password
 in $APPLIANCE_PASSWORD (or the generated one in .appliance/local/password).
---cold-up re-creates the droplet from scratch to time `up` (P5); --images
-rebuilds the images without cache (P6). Writes docs/benchmarks.md, the chart
-docs/benchmarks-latency.png and bench/results/latest.json.
+--cold-up re-creates the droplet from scratch to time `up` (P5); --rebuild
+times a one-package rebuild (P7); --images rebuilds the images without cache
+(P6). Writes docs/benchmarks.md, the chart docs/benchmarks-latency.png and
+bench/results/latest.json.
 """
 import argparse
 import datetime
@@ -15,6 +16,7 @@ import io
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -40,13 +42,25 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def provision(*args):
+def provision(*args, output=False):
+    """Seconds one provision.py command took (and its output when asked); stops the run when it fails."""
     started = time.monotonic()
     r = subprocess.run([sys.executable, str(ROOT / "provision.py"), *args], stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if r.returncode != 0:
         raise SystemExit(r.stdout[-3000:])
-    return round(time.monotonic() - started, 1)
+    seconds = round(time.monotonic() - started, 1)
+    return (seconds, r.stdout) if output else seconds
+
+
+def rebuild_figures(ca_bundle):
+    """P7: a one-package `rebuild` on the droplet: time and bytes sent, against the image's size."""
+    seconds, out = provision("rebuild", "--package", "tabulate==0.9.0", "--ca-bundle", ca_bundle, output=True)
+    provision("rebuild", "--clear-packages", "--ca-bundle", ca_bundle)  # back to the plain image
+    sent = re.search(r"Image loaded on the server: ([\d.]+) (kB|MB) sent", out)
+    size = re.search(r"layers are new \((\d+) MB in all\)", out)
+    return [("P7 one-package `rebuild`, start to healthy", f"{seconds} s", ""),
+            ("P7 bytes sent for it / image size", f"{sent[1]} {sent[2]} / {size[1]} MB", "")]
 
 
 def in_droplet(container, mode, password, upload_mb):
@@ -155,6 +169,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cold-up", action="store_true", help="re-create the droplet to time a cold and a no-op up")
     p.add_argument("--images", action="store_true", help="rebuild the images without cache (P6)")
+    p.add_argument("--rebuild", action="store_true", help="time a one-package rebuild and the bytes it sends (P7)")
     p.add_argument("--upload-mb", type=int, default=1024)
     p.add_argument("--ca-bundle", default="/etc/ssl/certs/ca-certificates.crt")
     args = p.parse_args()
@@ -179,6 +194,8 @@ def main():
     load_direct, load_appliance = browser_figures(state, password)
     rows.append(("P3 JupyterLab cold load to launcher", load_direct["ms"], load_appliance["ms"], "ms"))
     rows.append(("P3 requests during that load", load_direct["requests"], load_appliance["requests"], ""))
+    if args.rebuild:
+        extra += rebuild_figures(args.ca_bundle)
     if args.images:
         r = subprocess.run([sys.executable, str(ROOT / "bench" / "images.py"), "--ca-bundle", args.ca_bundle],
                            capture_output=True, text=True, check=True)
