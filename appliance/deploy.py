@@ -49,10 +49,12 @@ class Target:
             opts += ["-o", "IdentitiesOnly=yes", "-i", self.key]
         return opts
 
+    def argv(self, command):
+        """The ssh command line running command on the server (a fixed string, never a secret)."""
+        return ["ssh", *self.ssh_options(), "-p", str(self.port), f"{self.user}@{self.host}", command]
+
     def ssh(self, command, **kwargs):
-        """Run a command on the server (a fixed string, never a secret)."""
-        return subprocess.run(["ssh", *self.ssh_options(), "-p", str(self.port), f"{self.user}@{self.host}",
-                               command], **kwargs)
+        return subprocess.run(self.argv(command), **kwargs)
 
     def close(self):
         """End the shared SSH connection (its socket lives in a directory about to go)."""
@@ -193,9 +195,8 @@ def ship_image(target, tag, say):
                     if chain in have}
             say(f"Sending image {tag} to the server: {len(manifest['Layers']) - len(skip)} of "
                 f"{len(manifest['Layers'])} layers are new ({image.attrs['Size'] / 1e6:.0f} MB in all)")
-            load = subprocess.Popen(["ssh", *target.ssh_options(), "-p", str(target.port),
-                                     f"{target.user}@{target.host}", target.sudo("docker load -q")],
-                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            load = subprocess.Popen(target.argv(target.sudo("docker load -q")), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             pipe = _GzipPipe(load.stdin)
             try:
                 with tarfile.open(fileobj=pipe, mode="w|") as out:

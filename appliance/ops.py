@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -118,13 +119,17 @@ def status(cfg, as_json=False, say=print):
 
 def logs(cfg, service="jupyter", follow=False, say=print):
     command = LOGS[service].format(follow="-f" if follow else "")
+    if follow:  # stop the follower on the server when this end goes away (its stdin then ends)
+        command = "sh -c " + shlex.quote(f"{command} & f=$!; cat >/dev/null; kill $f")
     with session(cfg, say) as (target, _):
+        proc = subprocess.Popen(target.argv(target.sudo(command)),
+                                stdin=subprocess.PIPE if follow else subprocess.DEVNULL)
         try:
-            r = target.ssh(target.sudo(command), stdin=subprocess.DEVNULL)
+            code = proc.wait()
         except KeyboardInterrupt:
             return 0
-    if r.returncode != 0 and not follow:
-        raise DeployError(f"reading the {service} log failed (exit {r.returncode})")
+    if code != 0 and not follow:
+        raise DeployError(f"reading the {service} log failed (exit {code})")
     return 0
 
 
@@ -150,9 +155,7 @@ def backup(cfg, out, say=print):
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             started, received, shown = time.monotonic(), 0, 0.0
-            proc = subprocess.Popen(["ssh", *target.ssh_options(), "-p", str(target.port),
-                                     f"{target.user}@{target.host}", target.sudo(
-                                         deploy.remote_command("backup", notebooks(cfg)))],
+            proc = subprocess.Popen(target.argv(target.sudo(deploy.remote_command("backup", notebooks(cfg)))),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             while chunk := proc.stdout.read(1 << 20):
                 f.write(chunk)

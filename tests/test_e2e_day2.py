@@ -105,6 +105,8 @@ def test_logs(appliance):
     finally:
         os.killpg(follow.pid, signal.SIGINT)
         follow.wait(30)
+    time.sleep(2)
+    assert "tail -n 100 -f" not in in_droplet("ps", "-eo", "args")  # nothing left following on the server
     r, _ = provision("logs", "--service", "nginx", env=appliance["env"])
     assert marker in r.stdout and PASSWORD not in r.stdout
 
