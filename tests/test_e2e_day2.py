@@ -196,6 +196,27 @@ def test_drill_interrupted_up_then_up_completes(appliance):
     appliance["timings"]["drill3_next_up_s"] = round(seconds, 1)
 
 
+def droplet_snapshot():
+    return in_droplet("sh", "-c", "sha256sum /etc/appliance/*.py /etc/appliance/htpasswd /etc/appliance/tls/* "
+                      "/etc/nginx/sites-available/* /etc/ssh/sshd_config.d/*; "
+                      "docker inspect -f '{{.Image}} {{.State.StartedAt}}' jupyter")
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["up", "--domain", "x.com; return 301 http://evil"], {}, "not a valid DNS name"),
+    (["up", "--user", "a:b"], {}, "contains ':'"),
+    (["up"], {"APPLIANCE_PASSWORD": ""}, "is empty"),
+    (["up", "--image", "nope"], {}, "unknown image"),
+    (["passwd"], {"APPLIANCE_PASSWORD": "short"}, "shorter than"),
+    (["rebuild", "--package", "numpy; rm -rf /"], {}, "package requirement"),
+], ids=["domain", "user", "empty password", "unknown image", "short new password", "package"])
+def test_hostile_input_leaves_the_droplet_unchanged(appliance, args, env, expected):
+    before = droplet_snapshot()
+    r, _ = provision(*args, env={**appliance["env"], **env})
+    assert r.returncode != 0 and expected in r.stdout and "Traceback" not in r.stdout, r.stdout[-2000:]
+    assert droplet_snapshot() == before
+
+
 def test_drill_nearly_full_disk(appliance):
     in_droplet("sh", "-c", "cp -a /etc/appliance /root/appliance-copy && "
                "mount -t tmpfs -o size=64m tmpfs /etc/appliance && cp -a /root/appliance-copy/. /etc/appliance/ && "
