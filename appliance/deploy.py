@@ -25,6 +25,7 @@ import ansible_runner
 
 from . import bootstrap, images, render, tls
 from .errors import DeployError
+from .remote import chain_ids
 
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -143,14 +144,6 @@ def check_disk(target, user):
                               "space (e.g. `docker image prune` there) and run again")
 
 
-def _layer_chains(manifest, config):
-    """(layer path in the saved archive, chain ID) for each layer of an image."""
-    chain = None
-    for path, diff in zip(manifest["Layers"], config["rootfs"]["diff_ids"]):
-        chain = diff if chain is None else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
-        yield path, chain
-
-
 class _GzipPipe:
     """A write-only file that gzips into a process's stdin and counts the bytes sent."""
 
@@ -191,8 +184,8 @@ def ship_image(target, tag, say):
         saved.seek(0)
         with tarfile.open(fileobj=saved) as src:
             manifest = json.load(src.extractfile("manifest.json"))[0]
-            skip = {path for path, chain in _layer_chains(manifest, json.load(src.extractfile(manifest["Config"])))
-                    if chain in have}
+            diff_ids = json.load(src.extractfile(manifest["Config"]))["rootfs"]["diff_ids"]
+            skip = {path for path, chain in zip(manifest["Layers"], chain_ids(diff_ids)) if chain in have}
             say(f"Sending image {tag} to the server: {len(manifest['Layers']) - len(skip)} of "
                 f"{len(manifest['Layers'])} layers are new ({image.attrs['Size'] / 1e6:.0f} MB in all)")
             load = subprocess.Popen(target.argv(target.sudo("docker load -q")), stdin=subprocess.PIPE,

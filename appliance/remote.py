@@ -232,13 +232,16 @@ def layers():
     """Chain IDs of every image layer the server's engine holds (JSON list)."""
     ids = (_run("docker", "image", "ls", "-aq") or "").split()
     found = _run("docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", *ids) if ids else None
-    chains = set()
-    for line in (found or "").splitlines():
-        chain = None
-        for diff in json.loads(line) or []:
-            chain = diff if chain is None else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
-            chains.add(chain)
+    chains = {chain for line in (found or "").splitlines() for chain in chain_ids(json.loads(line) or [])}
     print(json.dumps(sorted(chains)))
+
+
+def chain_ids(diff_ids):
+    """The chain ID of each layer of an image, from its layers' diff IDs (as docker computes them)."""
+    chain = None
+    for diff in diff_ids:
+        chain = diff if chain is None else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+        yield chain
 
 
 def install(path, mode, group):
