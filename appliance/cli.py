@@ -63,7 +63,8 @@ def parser():
 
     logs = sub.add_parser("logs", help="print the notebook server's, nginx's or the login verifier's log")
     _target_flags(logs)
-    logs.add_argument("--service", choices=("jupyter", "nginx", "auth"), default="jupyter", help="whose log (default jupyter)")
+    logs.add_argument("--service", choices=("jupyter", "nginx", "auth"), default="jupyter",
+                      help="whose log (default jupyter)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl+C ends)")
 
     backup = sub.add_parser("backup", help="save the notebooks into a local .tar.gz with checksums")

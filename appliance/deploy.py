@@ -135,9 +135,19 @@ def remote_json(target, *args):
     return json.loads(r.stdout)
 
 
+def notebooks_dir(user):
+    """The notebooks directory on the server (mounted into the container)."""
+    return f"/home/{user}/notebooks"
+
+
+def server_paths(user):
+    """Where the appliance writes on the server: the filesystems whose free space matters."""
+    return ["/", render.ETC, "/var/lib/docker", notebooks_dir(user)]
+
+
 def check_disk(target, user):
     """Refuse to start when the server is nearly out of space: better than a half-written config."""
-    for disk in remote_json(target, "disks", user):
+    for disk in remote_json(target, "disks", *server_paths(user)):
         if disk["low"]:
             raise DeployError(f"the server is nearly out of disk space: {disk['path']} has "
                               f"{disk['free'] / 1e6:.0f} MB free of {disk['size'] / 1e6:.0f} MB; free some "

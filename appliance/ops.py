@@ -40,10 +40,6 @@ def session(cfg, say=print):
             target.close()
 
 
-def notebooks(cfg):
-    return f"/home/{cfg.user}/notebooks"
-
-
 # status -------------------------------------------------------------------------------------------------
 
 def _problems(facts):
@@ -101,7 +97,8 @@ def _report(cfg, facts):
 def status(cfg, as_json=False, say=print):
     """Print the appliance's state; returns 0 only when it is healthy."""
     with session(cfg, say) as (target, _):
-        facts = deploy.remote_json(target, "status", cfg.user)
+        facts = deploy.remote_json(target, "status", render.TLS_CERT, images.LABEL,
+                                   *deploy.server_paths(cfg.user))
     pem = facts.pop("certificate_pem")
     facts["certificate"] = None
     if pem:
@@ -151,11 +148,12 @@ def backup(cfg, out, say=print):
     if out.is_dir():
         raise BackupError(f"{out} is a directory; give a file name like notebooks.tar.gz")
     partial = out.with_name(out.name + ".partial")
+    directory = deploy.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _):
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             started, received, shown = time.monotonic(), 0, 0.0
-            proc = subprocess.Popen(target.argv(target.sudo(deploy.remote_command("backup", notebooks(cfg)))),
+            proc = subprocess.Popen(target.argv(target.sudo(deploy.remote_command("backup", directory))),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             while chunk := proc.stdout.read(1 << 20):
                 f.write(chunk)
@@ -171,7 +169,7 @@ def backup(cfg, out, say=print):
         print(flush=True)
     digests = _check_archive(partial)
     os.replace(partial, out)
-    say(f"Backed up {len(digests)} files from {notebooks(cfg)} to {out} "
+    say(f"Backed up {len(digests)} files from {directory} to {out} "
         f"({received / 1e6:.1f} MB, checked, in {time.monotonic() - started:.0f} s)")
     for line in err.splitlines():
         say(f"  {line}")
@@ -181,13 +179,14 @@ def restore(cfg, archive, say=print):
     """Check the archive here, then replace the notebooks with it on the server (the old ones are kept)."""
     digests = _check_archive(archive)
     say(f"{archive}: {len(digests)} files, checksums match")
+    directory = deploy.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _), open(archive, "rb") as f:
-        r = deploy.remote(target, "restore", notebooks(cfg), cfg.user, stdin=f, capture_output=True, text=True)
+        r = deploy.remote(target, "restore", directory, cfg.user, stdin=f, capture_output=True, text=True)
     if r.returncode != 0:
         raise BackupError(f"restore on the server failed, its notebooks were left as they were: "
                           f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
     result = json.loads(r.stdout)
-    say(f"Restored {result['files']} files into {notebooks(cfg)}; the notebook server was restarted onto them")
+    say(f"Restored {result['files']} files into {directory}; the notebook server was restarted onto them")
     if result["kept"]:
         say(f"  the notebooks that were there are kept in {result['kept']} on the server")
 

@@ -26,8 +26,6 @@ import urllib.request
 TOP = "notebooks"
 MANIFEST = "MANIFEST.sha256"
 CONTAINER = "jupyter"
-CERT = "/etc/appliance/tls/server.crt"
-LABEL = "org.appliance.manifest"
 LOW_DISK = 1 << 30  # free space below min(1 GiB, 10% of the filesystem) is "low"
 
 
@@ -174,10 +172,6 @@ def disks(paths):
     return out
 
 
-def server_paths(user):
-    return ["/", "/etc/appliance", "/var/lib/docker", f"/home/{user}/notebooks"]
-
-
 def _run(*cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     return r.stdout.strip() if r.returncode == 0 else None
@@ -195,7 +189,9 @@ def _https_answers():
         return f"no answer ({exc})"
 
 
-def status(user):
+def status(cert, label_name, *paths):
+    """Facts about the appliance (JSON): cert is the served certificate's path, label_name the image's
+    versions-manifest label, paths where the appliance writes."""
     facts = {"container": None, "image": None}
     inspect = _run("docker", "inspect", "--format", "{{json .}}", CONTAINER)
     if inspect:
@@ -207,18 +203,18 @@ def status(user):
         image = _run("docker", "image", "inspect", "--format", "{{json .}}", c["Image"])
         if image:
             i = json.loads(image)
-            label = (i["Config"].get("Labels") or {}).get(LABEL, "")
+            label = (i["Config"].get("Labels") or {}).get(label_name, "")
             facts["image"] = {"tags": i.get("RepoTags") or [], "size": i["Size"],
                               "manifest_sha256": hashlib.sha256(label.encode()).hexdigest() if label else None}
     facts["nginx"] = _run("systemctl", "is-active", "nginx") or "inactive"
     facts["login_verifier"] = _run("systemctl", "is-active", "appliance-auth.socket") or "inactive"
     facts["https"] = _https_answers()
     try:
-        with open(CERT) as f:
+        with open(cert) as f:
             facts["certificate_pem"] = f.read()
     except OSError:
         facts["certificate_pem"] = None
-    facts["disks"] = disks(server_paths(user))
+    facts["disks"] = disks(paths)
     with open("/proc/meminfo") as f:
         mem = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f)}
     facts["memory"] = {"total": mem["MemTotal"], "available": mem["MemAvailable"]}
@@ -261,5 +257,5 @@ def install(path, mode, group):
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     commands = {"backup": backup, "restore": restore, "status": status, "layers": layers, "install": install,
-                "disks": lambda user: print(json.dumps(disks(server_paths(user))))}
+                "disks": lambda *paths: print(json.dumps(disks(paths)))}
     commands[command](*args)
