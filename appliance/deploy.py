@@ -6,6 +6,7 @@ notebook image is on the server (built here, streamed over SSH only when the
 server lacks that exact image), then run the Ansible playbook through
 ansible-runner with a live progress display.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -82,12 +83,18 @@ def _public_key(key_path):
     return key_path, r.stdout.strip()
 
 
+def last_line(text, default="no message"):
+    """The last non-empty line of a command's error output: what a one-line error shows."""
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else default
+
+
 def check_reachable(target):
     """A clear one-line error for the usual ways SSH fails."""
     r = target.ssh("true", capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     if r.returncode == 0:
         return
-    err = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "no message"
+    err = last_line(r.stderr)
     where = f"{target.user}@{target.host}:{target.port}"
     if "Could not resolve" in err or "Name or service not known" in err:
         raise DeployError(f"the host {target.host} does not resolve")
@@ -131,7 +138,7 @@ def remote(target, *args, **kwargs):
 def remote_json(target, *args):
     r = remote(target, *args, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if r.returncode != 0:
-        raise DeployError(f"{args[0]} on {target.host} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise DeployError(f"{args[0]} on {target.host} failed: {last_line(r.stderr)}")
     return json.loads(r.stdout)
 
 
@@ -331,8 +338,10 @@ def run_playbook(target, playbook, extravars, say):
         return changed
 
 
-def connect(cfg, state, control_dir, create=False, say=print):
-    """(Target, operator public key) for cfg; the local droplet is created or started only when create."""
+@contextlib.contextmanager
+def connect(cfg, state, create=False, say=print):
+    """(reachable Target, operator public key, private 0700 work dir) for cfg; the shared SSH connection
+    and the work dir go afterwards. The local droplet is created or started only when create."""
     fresh = False
     if cfg.is_local:
         from . import droplet
@@ -347,9 +356,14 @@ def connect(cfg, state, control_dir, create=False, say=print):
         known_hosts.unlink(missing_ok=True)
         state.file(LOGIN).unlink(missing_ok=True)
     login = (state.read(LOGIN) or b"").decode().strip() or user
-    target = Target(host, port, login, key, str(known_hosts), control_dir)
-    check_reachable(target)
-    return target, pubkey
+    with tempfile.TemporaryDirectory(prefix="appliance-") as work:
+        os.chmod(work, 0o700)
+        target = Target(host, port, login, key, str(known_hosts), work)
+        check_reachable(target)
+        try:
+            yield target, pubkey, work
+        finally:
+            target.close()
 
 
 def extra_packages(state):
@@ -363,9 +377,7 @@ def up(cfg, ca_bundle=None, say=print):
         bootstrap.apt_install(["openssh-client"], "SSH to the server")
     started = time.monotonic()
     state, cert, where = render.prepare(cfg, say=say)
-    with tempfile.TemporaryDirectory(prefix="appliance-") as work:
-        os.chmod(work, 0o700)
-        target, pubkey = connect(cfg, state, work, create=True, say=say)
+    with connect(cfg, state, create=True, say=say) as (target, pubkey, work):
         check_disk(target, cfg.user)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=extra_packages(state), say=say)
         rendered = Path(work) / "render"
@@ -386,7 +398,7 @@ def up(cfg, ca_bundle=None, say=print):
         target = operator_login(target, cfg.user, state)
         changed += bool(ship_image(target, tag, say))
         changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
-        target.close()
+        target.close()  # the operator's connection (connect() closes the first one)
     say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}: {cfg.url}")
     say(f"  login:        {cfg.user}, with {where}")
     say(f"  certificate:  SHA-256 {tls.fingerprint(cert)}")

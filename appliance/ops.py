@@ -10,7 +10,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,13 +30,8 @@ LOGS = {
 def session(cfg, say=print):
     """A reachable Target for cfg and its State; the shared SSH connection is closed afterwards."""
     state = State(cfg.target_dir).ensure()
-    with tempfile.TemporaryDirectory(prefix="appliance-") as work:
-        os.chmod(work, 0o700)
-        target, _ = deploy.connect(cfg, state, work, say=say)
-        try:
-            yield target, state
-        finally:
-            target.close()
+    with deploy.connect(cfg, state, say=say) as (target, _, _):
+        yield target, state
 
 
 # status -------------------------------------------------------------------------------------------------
@@ -164,7 +158,7 @@ def backup(cfg, out, say=print):
             err = proc.stderr.read().decode(errors="replace").strip()
             if proc.wait() != 0:
                 partial.unlink()
-                raise BackupError(f"backup on the server failed: {(err.splitlines() or ['?'])[-1]}")
+                raise BackupError(f"backup on the server failed: {deploy.last_line(err)}")
     if shown:
         print(flush=True)
     digests = _check_archive(partial)
@@ -183,8 +177,8 @@ def restore(cfg, archive, say=print):
     with session(cfg, say) as (target, _), open(archive, "rb") as f:
         r = deploy.remote(target, "restore", directory, cfg.user, stdin=f, capture_output=True, text=True)
     if r.returncode != 0:
-        raise BackupError(f"restore on the server failed, its notebooks were left as they were: "
-                          f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise BackupError("restore on the server failed, its notebooks were left as they were: "
+                          f"{deploy.last_line(r.stderr)}")
     result = json.loads(r.stdout)
     say(f"Restored {result['files']} files into {directory}; the notebook server was restarted onto them")
     if result["kept"]:
