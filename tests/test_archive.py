@@ -32,7 +32,7 @@ def test_backup_round_trip(notebooks):
     assert sorted(digests) == ["notebooks/a.ipynb", "notebooks/sub dir/data.bin"]
 
 
-def _rewrite(archive, change):
+def rewrite_archive(archive, change):
     """The archive with change(name, data) -> (name, data) applied to each member."""
     out = io.BytesIO()
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as src, \
@@ -54,7 +54,7 @@ def _rewrite(archive, change):
 ])
 def test_bad_archives_are_refused(notebooks, change, message):
     with pytest.raises(remote.ArchiveError, match=message):
-        remote.read_archive(io.BytesIO(_rewrite(make_backup(notebooks), change)))
+        remote.read_archive(io.BytesIO(rewrite_archive(make_backup(notebooks), change)))
 
 
 def test_symlinks_and_foreign_archives_are_refused(notebooks, tmp_path):
@@ -68,5 +68,5 @@ def test_symlinks_and_foreign_archives_are_refused(notebooks, tmp_path):
     with pytest.raises(remote.ArchiveError, match="damaged"):
         remote.read_archive(io.BytesIO(make_backup(notebooks)[:-200]))
     with pytest.raises(remote.ArchiveError, match="no MANIFEST"):
-        remote.read_archive(io.BytesIO(_rewrite(make_backup(notebooks), lambda n, d: (
+        remote.read_archive(io.BytesIO(rewrite_archive(make_backup(notebooks), lambda n, d: (
             "notebooks/x" if n == remote.MANIFEST else n, d))))

@@ -2,14 +2,12 @@
 
 Each drill records its recovery time in the session's timings (tests/artifacts/e2e-timings.json).
 """
-import io
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from passlib.apache import HtpasswdFile
 
 import jupyter_api
+from test_archive import rewrite_archive
 from fixtures_e2e import DROPLET, HOST_CA, PASSWORD, ROOT, URL, in_droplet, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -224,13 +223,12 @@ def test_drill_nearly_full_disk(appliance):
     try:
         code, facts = status(appliance)
         assert code == 1 and any("disk nearly full: /etc/appliance" in p for p in facts["problems"])
-        files = "sha256sum /etc/appliance/*.py /etc/appliance/htpasswd /etc/appliance/tls/* /etc/nginx/sites-available/*"
-        before = in_droplet("sh", "-c", files)
+        before = droplet_snapshot()
         r, seconds = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
         appliance["timings"]["drill6_up_refused_s"] = round(seconds, 1)
         assert r.returncode != 0 and "nearly out of disk space: /etc/appliance" in r.stdout, r.stdout[-3000:]
         assert "Traceback" not in r.stdout and "PLAY" not in r.stdout
-        assert in_droplet("sh", "-c", files) == before
+        assert droplet_snapshot() == before
     finally:
         in_droplet("sh", "-c", "umount /etc/appliance; rm -rf /root/appliance-copy")
 
@@ -247,12 +245,8 @@ def test_drill_backup_purge_up_restore(appliance, tmp_path):
     appliance["timings"]["backup_s"] = round(seconds, 1)
 
     corrupt = tmp_path / "corrupt.tar.gz"
-    with tarfile.open(archive) as src, tarfile.open(corrupt, "w:gz") as dst:
-        for member in src:
-            data = src.extractfile(member).read() if member.isfile() else None
-            if member.name.endswith("data.bin"):
-                data = b"X" + data[1:]
-            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    corrupt.write_bytes(rewrite_archive(archive.read_bytes(), lambda name, data: (
+        name, b"X" + data[1:] if name.endswith("data.bin") else data)))
     r, _ = provision("restore", str(corrupt), env=appliance["env"])
     assert r.returncode != 0 and r.stdout.startswith("error:") and "checksums" in r.stdout, r.stdout
     assert notebook_sums() == before
