@@ -20,7 +20,7 @@ from .errors import BackupError, DeployError
 from .state import State
 
 LOGS = {
-    "jupyter": "docker logs --tail 200 {follow} jupyter",
+    "jupyter": f"docker logs --tail 200 {{follow}} {remote.CONTAINER}",
     "nginx": "tail -n 100 {follow} /var/log/nginx/access.log /var/log/nginx/error.log",
     "auth": "journalctl --no-pager -n 100 {follow} -u appliance-auth.service",
 }
