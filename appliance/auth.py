@@ -74,7 +74,7 @@ def _load(state, rounds):
         raise StateError(f"{state.file('htpasswd')} is not an htpasswd file; move it away to start over") from None
 
 
-def ensure_htpasswd(cfg, state, env=None, interactive=None, say=print, force_new=False):
+def ensure_htpasswd(cfg, state, env=None, interactive=None, force_new=False):
     """Make sure the state's htpasswd holds cfg.user; returns a line saying where the password is."""
     interactive = sys.stdin.isatty() if interactive is None else interactive
     password = given_password(cfg, env)
@@ -94,12 +94,14 @@ def ensure_htpasswd(cfg, state, env=None, interactive=None, say=print, force_new
     if password is None:
         password = secrets.token_urlsafe(18)
         state.write(GENERATED, password, secret=True)
-        say(f"Generated a password for {cfg.user!r} (shown once, kept in {state.file(GENERATED)}): {password}")
+        generated = None  # new: shown in the final lines of this run, only there
     elif generated is not None and generated.decode() != password:
         state.file(GENERATED).unlink()
     htpasswd = HtpasswdFile(new=True, context=_context(cfg.bcrypt_rounds))
     htpasswd.set_password(cfg.user, password)
     state.write("htpasswd", htpasswd.to_string(), secret=True)
+    if generated is None and state.read(GENERATED) == password.encode():
+        return f"the new password {password} (generated, shown only now; kept in {state.file(GENERATED)})"
     return _where(state, state.read(GENERATED), cfg.user, password)
 
 

@@ -2,7 +2,6 @@
 
 Standard library only: this runs before any dependency is installed.
 """
-import hashlib
 import os
 import shutil
 import subprocess
@@ -10,6 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+from . import console
 from .errors import SetupError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,10 +39,10 @@ def apt_install(packages, why):
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise SetupError(f"{why} needs the Debian packages {' '.join(missing)}; "
                          f"install them (apt-get install {' '.join(missing)}) and run again")
-    _say(f"{why}: installing Debian packages {' '.join(missing)} with apt-get")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     log = ROOT / ".venv-apt.log"
-    with open(log, "w") as out:
+    with open(log, "w") as out, console.working(f"{why}: installing Debian packages {' '.join(missing)} "
+                                                "with apt-get", _say, sys.stderr):
         ok = subprocess.run(["apt-get", "update", "-q"], stdout=out, stderr=out, env=env).returncode == 0
         ok = ok and subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
                                    stdout=out, stderr=out, env=env).returncode == 0
@@ -62,22 +62,26 @@ def _make_venv():
 
 
 def ensure_venv(extras=()):
-    """Create .venv with the pinned packages (once), then return its python."""
+    """Create .venv with the pinned packages (once), then return its python.
+
+    The venv remembers every requirement installed into it, so provision.py, the tests and the
+    benchmarks (each asking for a different set) share it without re-running pip.
+    """
     reqs = requirements(extras)
-    stamp = VENV / ".requirements.sha256"
-    digest = hashlib.sha256("\n".join(sorted(reqs)).encode()).hexdigest()
-    if stamp.exists() and VENV_PYTHON.exists() and stamp.read_text() == digest:
+    stamp = VENV / ".requirements"
+    installed = set(stamp.read_text().splitlines()) if stamp.exists() and VENV_PYTHON.exists() else set()
+    if set(reqs) <= installed:
         return VENV_PYTHON
     _make_venv()
-    _say(f"installing {len(reqs)} pinned Python packages into .venv (first run only)")
     log = VENV / "pip.log"
-    with open(log, "w") as out:
+    with open(log, "w") as out, console.working(
+            f"installing {len(reqs)} pinned Python packages into .venv (first run only)", _say, sys.stderr):
         rc = subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "--disable-pip-version-check",
                              "--progress-bar", "off", *reqs], stdout=out, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise SetupError(f"{tail}\npip could not install the packages; full log in {log}")
-    stamp.write_text(digest)
+    stamp.write_text("\n".join(sorted(installed | set(reqs))) + "\n")
     return VENV_PYTHON
 
 

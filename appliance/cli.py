@@ -17,6 +17,8 @@ container with systemd and sshd on this machine)."""
 
 
 def say(msg):
+    if sys.stdout.isatty():  # over a progress line that may be showing
+        sys.stdout.write("\r\033[K")
     print(msg, flush=True)
 
 
@@ -36,11 +38,16 @@ def _target_flags(p, server=True):
         g.add_argument("--image", help="notebook image (default scipy)")
 
 
+def _ca_flag(p):
+    p.add_argument("--ca-bundle", metavar="PATH", help="CA certificates trusted while building the image "
+                   "(default: the ones this machine trusts, e.g. a TLS-intercepting proxy's; 'none': only the "
+                   "image's own)")
+
+
 def _image_flags(p):
     p.add_argument("--image", help="image to build (default scipy)")
     p.add_argument("--base-image", metavar="REF", help="root image (default debian:bookworm-slim)")
-    p.add_argument("--ca-bundle", metavar="PATH", help="extra CA certificates trusted during the build "
-                   "(for a TLS-intercepting proxy)")
+    _ca_flag(p)
     p.add_argument("--package", action="append", default=[], metavar="NAME==VER",
                    help="add a Python package on top (repeatable)")
 
@@ -52,7 +59,7 @@ def parser():
 
     up = sub.add_parser("up", help="provision the server (or the local droplet) into the appliance")
     _target_flags(up)
-    up.add_argument("--ca-bundle", metavar="PATH", help="extra CA certificates trusted while building the image")
+    _ca_flag(up)
 
     down = sub.add_parser("down", help="stop and remove the local droplet (notebooks are kept)")
     down.add_argument("--purge", action="store_true", help="also delete the droplet's notebooks and engine data")
@@ -85,7 +92,7 @@ def parser():
     rebuild.add_argument("--package", action="append", default=[], metavar="NAME==VER",
                          help="add (or change the version of) a Python package; remembered for later runs")
     rebuild.add_argument("--clear-packages", action="store_true", help="drop the packages added before")
-    rebuild.add_argument("--ca-bundle", metavar="PATH", help="extra CA certificates trusted while building")
+    _ca_flag(rebuild)
 
     render = sub.add_parser("render", help="write every file the server would get under DIR; touches no server")
     _target_flags(render, server=False)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import ansible_runner
 
-from . import bootstrap, images, render, tls
+from . import bootstrap, console, images, render, tls
 from .errors import DeployError
 from .remote import chain_ids
 
@@ -33,6 +33,8 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 LOGIN = "ssh_login"  # state file: the user SSH logs in as once the server is hardened
 PACKAGES = "packages"  # state file: extra Python packages of the image (`rebuild --package`), one per line
 REMOTE = Path(__file__).with_name("remote.py")
+FIRST_RUN = ("First run for this server: expect about 5 minutes (on a fresh machine it also makes the base "
+             "images and builds the notebook image); later runs take under a minute.")
 
 
 class Target:
@@ -162,10 +164,10 @@ def check_disk(target, user):
 
 
 class _GzipPipe:
-    """A write-only file that gzips into a process's stdin and counts the bytes sent."""
+    """A write-only file that gzips into a process's stdin and counts the bytes sent (shown by ticker)."""
 
-    def __init__(self, stdin):
-        self.stdin, self.gzip, self.sent = stdin, zlib.compressobj(1, zlib.DEFLATED, 31), 0
+    def __init__(self, stdin, ticker):
+        self.stdin, self.gzip, self.sent, self.ticker = stdin, zlib.compressobj(1, zlib.DEFLATED, 31), 0, ticker
 
     def write(self, data):
         self._send(self.gzip.compress(data))
@@ -178,6 +180,7 @@ class _GzipPipe:
     def _send(self, data):
         self.stdin.write(data)
         self.sent += len(data)
+        self.ticker.update(f"Sending the image: {_size(self.sent)} sent")
 
 
 def ship_image(target, tag, say):
@@ -195,7 +198,7 @@ def ship_image(target, tag, say):
         return 0
     have = set(remote_json(target, "layers"))
     started = time.monotonic()
-    with tempfile.TemporaryFile() as saved:
+    with tempfile.TemporaryFile() as saved, console.working(f"Saving {tag} for the transfer", say) as ticker:
         for chunk in client.api.get_image(tag, chunk_size=1 << 20):
             saved.write(chunk)
         saved.seek(0)
@@ -207,7 +210,7 @@ def ship_image(target, tag, say):
                 f"{len(manifest['Layers'])} layers are new ({image.attrs['Size'] / 1e6:.0f} MB in all)")
             load = subprocess.Popen(target.argv(target.sudo("docker load -q")), stdin=subprocess.PIPE,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            pipe = _GzipPipe(load.stdin)
+            pipe = _GzipPipe(load.stdin, ticker)
             try:
                 with tarfile.open(fileobj=pipe, mode="w|") as out:
                     for member in src:
@@ -222,8 +225,10 @@ def ship_image(target, tag, say):
                 pipe.close()
             except BrokenPipeError:
                 pass
-    err = load.stderr.read()
-    if load.wait() != 0:
+            ticker.update("Loading the image on the server")
+            err = load.stderr.read()
+            returncode = load.wait()
+    if returncode != 0:
         raise DeployError(f"loading the image on the server failed: {err.decode(errors='replace').strip()}")
     say(f"Image loaded on the server: {_size(pipe.sent)} sent in {time.monotonic() - started:.0f} s")
     return pipe.sent
@@ -234,33 +239,39 @@ def _size(n):
 
 
 class Progress:
-    """Turns ansible-runner events into a live display and a summary."""
+    """Turns ansible-runner events into a live display and a summary.
+
+    The current task shows through a console ticker (a spinner on a terminal, a line every few seconds
+    elsewhere); results other than ok/skipped are printed. A task counts as changed when its result or
+    any of its loop items says so, including results hidden by no_log (their text still says changed).
+    """
 
     def __init__(self, out=sys.stdout):
         self.out, self.tty = out, out.isatty()
         self.task_no, self.task, self.failures, self.changed_tasks = 0, "", [], []
+        self.item_changed = False
+        self.ticker = console.Ticker("starting Ansible", out).start()
 
     def _line(self, text):
         if self.tty:
-            self.out.write("\r\033[K" + text[: shutil.get_terminal_size().columns - 1])
-        else:
-            self.out.write(text + "\n")
+            self.out.write("\r\033[K")
+        self.out.write(text + "\n")
         self.out.flush()
 
     def __call__(self, event):
         kind, data = event.get("event"), event.get("event_data", {})
+        res = data.get("res", {}) or {}
+        changed = bool(res.get("changed")) or event.get("stdout", "").startswith("changed")
         if kind == "playbook_on_play_start":
             self._line(f"PLAY {data.get('play', '')}")
-            if self.tty:
-                self.out.write("\n")
         elif kind == "playbook_on_task_start":
             self.task_no += 1
-            self.task = data.get("task", "")
-            if self.tty:
-                self._line(f"[task {self.task_no}] {self.task}")
+            self.task, self.item_changed = data.get("task", ""), False
+            self.ticker.update(f"[task {self.task_no}] {self.task}")
+        elif kind == "runner_item_on_ok":
+            self.item_changed |= changed
         elif kind in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable", "runner_on_skipped"):
-            res = data.get("res", {}) or {}
-            status = {"runner_on_ok": "changed" if res.get("changed") else "ok",
+            status = {"runner_on_ok": "changed" if changed or self.item_changed else "ok",
                       "runner_on_failed": "failed", "runner_on_unreachable": "unreachable",
                       "runner_on_skipped": "skipped"}[kind]
             if kind == "runner_on_failed" and data.get("ignore_errors"):
@@ -271,13 +282,10 @@ class Progress:
                 self.changed_tasks.append(data.get("task", self.task))
             if not self.tty or status not in ("ok", "skipped"):
                 self._line(f"[task {self.task_no}] {data.get('task', self.task)} | {data.get('host', '')}: {status}")
-                if self.tty:
-                    self.out.write("\n")
         return True
 
     def finish(self):
-        if self.tty:
-            self._line("")
+        self.ticker.stop()
 
 
 def _message(res):
@@ -321,7 +329,7 @@ def run_playbook(target, playbook, extravars, say):
                                         event_handler=progress, cancel_callback=lambda: bool(interrupted))
         finally:  # (extravars go in a file under the 0700 directory, not on a command line)
             signal.signal(signal.SIGINT, previous)
-        progress.finish()
+            progress.finish()
         if interrupted:
             raise KeyboardInterrupt
         stats = runner.stats or {}
@@ -377,6 +385,8 @@ def up(cfg, ca_bundle=None, say=print):
         bootstrap.apt_install(["openssh-client"], "SSH to the server")
     started = time.monotonic()
     state, cert, where = render.prepare(cfg, say=say)
+    if not state.file("known_hosts").exists():
+        say(FIRST_RUN)
     with connect(cfg, state, create=True, say=say) as (target, pubkey, work):
         check_disk(target, cfg.user)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=extra_packages(state), say=say)
@@ -399,8 +409,9 @@ def up(cfg, ca_bundle=None, say=print):
         changed += bool(ship_image(target, tag, say))
         changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
         target.close()  # the operator's connection (connect() closes the first one)
-    say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}: {cfg.url}")
-    say(f"  login:        {cfg.user}, with {where}")
-    say(f"  certificate:  SHA-256 {tls.fingerprint(cert)}")
+    say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}")
+    say(f"  open:          {cfg.url}")
+    say(f"  login:         {cfg.user}, with {where}")
+    say(f"  certificate:   SHA-256 {tls.fingerprint(cert)}")
     say(f"  trust it once: import {state.file('ca.crt')} as a certificate authority in your browser")
     return changed

@@ -56,6 +56,7 @@ def _check_ports():
 
 def _create(client, say):
     _check_ports()
+    images.ensure_root_image(client, images.ROOT_IMAGE, say)
     say("Building the local droplet image (Debian 12 with systemd and sshd)")
     images.build_directory(client, "droplet", {"BASE_IMAGE": images.ROOT_IMAGE}, image_tag=IMAGE)
     say("Starting the local droplet")

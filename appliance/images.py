@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker
 
-from . import bootstrap, config, engine, render
+from . import bootstrap, config, console, engine, render
 from .errors import ImageError
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -28,6 +28,8 @@ LABEL = "org.appliance.manifest"
 MANIFEST_PATH = "/opt/appliance/manifest.json"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_CACHE = Path("/var/cache/appliance")
+# Where hosts keep the CAs they trust: Debian/Ubuntu, then RHEL/Fedora (else certifi's bundle).
+HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 # NAME or NAME==VERSION: nothing the shell of the Dockerfile's RUN would interpret.
 _PACKAGE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?(==[A-Za-z0-9][A-Za-z0-9.+!_-]*)?$")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
@@ -49,37 +51,39 @@ def chain(name):
 
 
 class Progress:
-    """The build display: step N/M on one updating line on a terminal, plain
-    step lines otherwise. Keeps the full log and shows its tail on failure."""
+    """The build display: the current step N/M, kept alive by a ticker during long steps (a spinner on
+    a terminal, a line every few seconds elsewhere). Keeps the full log and shows its tail on failure."""
 
     def __init__(self, out=None):
-        self.out = out or sys.stderr
-        self.tty, self.log, self.name = self.out.isatty(), [], ""
+        self.out = out or sys.stdout
+        self.tty, self.log, self.name, self.ticker = self.out.isatty(), [], "", None
 
     def start(self, name):
+        self.done()
         self.name = name
+        self.ticker = console.Ticker(f"[{name}] starting the build", self.out).start()
 
     def __call__(self, line):
         self.log.append(line)
         step = _STEP.match(line)
         if step:
             text = f"[{self.name}] step {step[1]}/{step[2]}: {step[3][:100]}"
-            if self.tty:
-                self.out.write("\r\033[K" + text[: shutil.get_terminal_size().columns - 1])
-            else:
+            self.ticker.update(text)
+            if not self.tty:
                 self.out.write(text + "\n")
-            self.out.flush()
+                self.out.flush()
 
     def done(self):
-        if self.tty:
-            self.out.write("\n")
-            self.out.flush()
+        if self.ticker:
+            self.ticker.stop()
+            self.ticker = None
 
     def fail(self, detail):
         self.done()
         self.out.write("\n".join(self.log[-TAIL:]) + "\n")
         if "CERTIFICATE_VERIFY_FAILED" in "\n".join(self.log):
-            detail += " (TLS verification failed: behind a TLS-intercepting proxy, pass --ca-bundle PATH)"
+            detail += (" (TLS verification failed: behind a TLS-intercepting proxy, pass --ca-bundle PATH "
+                       "with the proxy's CA)")
         raise ImageError(f"building {self.name} failed: {detail}")
 
 
@@ -151,9 +155,10 @@ def _exists(client, ref):
 def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=None, say=print, nocache=False):
     """Build `name` and its parents (cached layers unless nocache); returns the tag of `name`.
 
-    base_image replaces the root image (debian:bookworm-slim); ca_bundle is an
-    extra CA bundle (PEM) trusted inside the build; packages (NAME or
-    NAME==VERSION) are pip-installed in a small last layer of `name` only.
+    base_image replaces the root image (debian:bookworm-slim, made when missing); ca_bundle is the
+    CA bundle (PEM) trusted inside the build: by default the host's own (see trusted_cas), "none" for
+    the image's own store only; packages (NAME or NAME==VERSION) are pip-installed in a small last
+    layer of `name` only.
     """
     for package in packages:
         if not _PACKAGE.match(package):
@@ -161,27 +166,48 @@ def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=N
     names = chain(name)
     root = base_image or PARENTS[names[0]]
     client = engine.client()
-    if not _exists(client, root):
-        ensure_root_image(client, root, say)
+    ensure_root_image(client, root, say)
+    bundle = trusted_cas(ca_bundle)
+    say(f"Builds trust the CA bundle {bundle} (--ca-bundle PATH for another, --ca-bundle none for the "
+        "image's own CAs only)" if bundle else "Builds trust the image's own CAs only (--ca-bundle none)")
     progress = progress or Progress()
     parent = root
     for each in names:
         say(f"Building {tag(each)} from {parent}")
-        parent = _build_one(client, each, parent, root, ca_bundle, packages if each == name else (), progress,
+        parent = _build_one(client, each, parent, root, bundle, packages if each == name else (), progress,
                             nocache)
     return parent
 
 
+def trusted_cas(choice=None):
+    """The CA bundle a build trusts: `choice` (a path, or "none"), by default what this host trusts.
+
+    A host behind a TLS-intercepting proxy trusts the proxy's CA, so builds (pip inside them) work
+    where pip on the host works. The bundle also stays trusted in the running image (see docs/images.md).
+    """
+    if choice is not None:
+        return None if choice == "none" else choice
+    for path in HOST_CA_BUNDLES:
+        if os.path.isfile(path):
+            return path
+    import certifi  # installed with docker's requests
+    return certifi.where()
+
+
 def ensure_root_image(client, ref=ROOT_IMAGE, say=print):
-    """Pull the root image; without a registry, make debian:bookworm-slim with debootstrap."""
+    """The one way a root image gets here: present, else pulled, else (for debian:bookworm-slim, when no
+    registry answers) made with debootstrap. Every build (notebook images, the local droplet) uses it."""
+    if _exists(client, ref):
+        return
     try:
-        say(f"Pulling {ref}")
-        client.images.pull(ref)
+        with console.working(f"Pulling {ref}", say):
+            client.images.pull(ref)
+        return
     except docker.errors.APIError as exc:
         if ref != ROOT_IMAGE:
             raise ImageError(f"the base image {ref} is not here and cannot be pulled: {exc.explanation}") from None
-        say(f"Cannot pull {ref} (no registry answers)")
-        debootstrap_image(client, ref, say)
+    say(f"Cannot pull {ref} (no registry answers): making it with debootstrap instead")
+    debootstrap_image(client, ref, say)
 
 
 def debootstrap_image(client, ref=ROOT_IMAGE, say=print, cache=DEBOOTSTRAP_CACHE):
@@ -189,15 +215,15 @@ def debootstrap_image(client, ref=ROOT_IMAGE, say=print, cache=DEBOOTSTRAP_CACHE
     cache = Path(cache)
     tarball = cache / "bookworm-minbase.tar"
     if not tarball.exists():
-        say(f"Making {ref} with debootstrap (about a minute, cached in {cache})")
         bootstrap.apt_install(["debootstrap"], f"making {ref}")
         root = cache / "bookworm-root"
         cache.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         try:
-            subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR],
-                           check=True, capture_output=True)
-            subprocess.run(["tar", "-C", str(root), "-cf", f"{tarball}.part", "."], check=True)
+            with console.working(f"Making {ref} with debootstrap (about a minute; kept in {cache})", say):
+                subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR],
+                               check=True, capture_output=True)
+                subprocess.run(["tar", "-C", str(root), "-cf", f"{tarball}.part", "."], check=True)
         except subprocess.CalledProcessError as exc:
             raise ImageError(f"debootstrap could not make {ref}: "
                              f"{(exc.stderr or b'').decode(errors='replace').strip()[-300:]}") from None
@@ -205,7 +231,9 @@ def debootstrap_image(client, ref=ROOT_IMAGE, say=print, cache=DEBOOTSTRAP_CACHE
             shutil.rmtree(root, ignore_errors=True)
         os.replace(f"{tarball}.part", tarball)
     repository, tag_name = ref.rsplit(":", 1)
-    client.api.import_image_from_file(str(tarball), repository=repository, tag=tag_name, changes=['CMD ["bash"]'])
+    with console.working(f"Importing {ref} into the Docker engine", say):
+        client.api.import_image_from_file(str(tarball), repository=repository, tag=tag_name,
+                                          changes=['CMD ["bash"]'])
 
 
 def manifest(name_or_ref):

@@ -190,7 +190,7 @@ def restore(cfg, archive, say=print):
 def passwd(cfg, say=print):
     """Set a new password: written here, then installed atomically on the server; old sessions end."""
     with session(cfg, say) as (target, state):
-        where = auth.ensure_htpasswd(cfg, state, say=say, force_new=True)
+        where = auth.ensure_htpasswd(cfg, state, force_new=True)
         r = deploy.remote(target, "install", render.HTPASSWD, "0640", "www-data", input=state.read("htpasswd"),
                           capture_output=True)
     if r.returncode != 0:

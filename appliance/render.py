@@ -67,7 +67,7 @@ def prepare(cfg, say=print, interactive=None, env=None):
     """Make sure the target's CA, certificate and htpasswd exist; returns (state, cert, where)."""
     state = State(cfg.target_dir).ensure()
     cert = tls.ensure(state, cfg.server_names)
-    where = auth.ensure_htpasswd(cfg, state, env=env, interactive=interactive, say=say)
+    where = auth.ensure_htpasswd(cfg, state, env=env, interactive=interactive)
     return state, cert, where
 
 

@@ -6,8 +6,6 @@ from appliance import engine, images
 
 __all__ = ["docker_client", "base_image", "built_images", "containers"]  # what conftest.py imports
 
-HOST_CA = "/etc/ssl/certs/ca-certificates.crt"  # PyPI is reached through a TLS-intercepting proxy here
-TEST_CACHE = "/var/cache/appliance-tests"  # the debootstrap tarball, kept between runs
 
 
 @pytest.fixture(scope="session")
@@ -18,18 +16,15 @@ def docker_client():
 
 @pytest.fixture(scope="session")
 def base_image(docker_client):
-    """debian:bookworm-slim; when missing, made with debootstrap (no registry is reachable from the tests)."""
-    try:
-        return docker_client.images.get(images.ROOT_IMAGE)
-    except docker.errors.ImageNotFound:
-        images.debootstrap_image(docker_client, images.ROOT_IMAGE, cache=TEST_CACHE)
+    """debian:bookworm-slim, made the product's way when missing (pulled, else debootstrap)."""
+    images.ensure_root_image(docker_client, images.ROOT_IMAGE, say=lambda msg: None)
     return docker_client.images.get(images.ROOT_IMAGE)
 
 
 @pytest.fixture(scope="session")
 def built_images(docker_client, base_image):
     """The tags of every image of the scipy chain, built once per session (cached layers)."""
-    images.build("scipy", ca_bundle=HOST_CA, say=lambda msg: None)
+    images.build("scipy", say=lambda msg: None)  # trusting the host's CAs, as provision.py does
     return {name: images.tag(name) for name in images.chain("scipy")}
 
 

@@ -16,7 +16,6 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 DROPLET = "appliance-droplet"
 URL = "https://127.0.0.1:8443"
 PASSWORD = "e2e test password"
-HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def provision(*args, env, timeout=2400):
@@ -61,7 +60,7 @@ def appliance(docker_client, base_image, tmp_path_factory):
     provision("down", "--purge", env=env)
     sampler = ArgvSampler()
     sampler.start()
-    r, cold = provision("up", "--ca-bundle", HOST_CA, env=env)
+    r, cold = provision("up", env=env)
     sampler.running = False
     assert r.returncode == 0, r.stdout[-4000:]
     timings = {"cold_up_s": round(cold, 1)}

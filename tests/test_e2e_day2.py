@@ -21,7 +21,7 @@ from passlib.apache import HtpasswdFile
 
 import jupyter_api
 from test_archive import rewrite_archive
-from fixtures_e2e import DROPLET, HOST_CA, PASSWORD, ROOT, URL, in_droplet, provision
+from fixtures_e2e import DROPLET, PASSWORD, ROOT, URL, in_droplet, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 NOTEBOOKS = "/home/ds/notebooks"
@@ -157,7 +157,7 @@ def test_drill_rebuild_with_an_open_notebook_and_a_running_kernel(appliance):
     assert session.status_code == 201, session.text
     before = notebook_sums()
     size = int(in_droplet("docker", "image", "inspect", "-f", "{{.Size}}", "appliance/scipy:latest"))
-    r, seconds = provision("rebuild", "--package", "tabulate==0.9.0", "--ca-bundle", HOST_CA, env=appliance["env"])
+    r, seconds = provision("rebuild", "--package", "tabulate==0.9.0", env=appliance["env"])
     assert r.returncode == 0, r.stdout[-4000:]
     sent = re.search(r"Image loaded on the server: ([\d.]+) (kB|MB) sent", r.stdout)
     sent_bytes = float(sent[1]) * (1e3 if sent[2] == "kB" else 1e6)
@@ -166,12 +166,12 @@ def test_drill_rebuild_with_an_open_notebook_and_a_running_kernel(appliance):
     assert notebook_sums() == before
     assert jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, "import tabulate; tabulate.__version__") \
         == "'0.9.0'"
-    r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])  # the package is remembered
+    r, _ = provision("up", env=appliance["env"])  # the package is remembered
     assert r.returncode == 0 and "changed=0" in r.stdout, r.stdout[-3000:]
 
 
 def test_drill_interrupted_up_then_up_completes(appliance):
-    proc = subprocess.Popen([sys.executable, str(ROOT / "provision.py"), "up", "--ca-bundle", HOST_CA],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "provision.py"), "up"],
                             env=appliance["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     out = []
@@ -190,7 +190,7 @@ def test_drill_interrupted_up_then_up_completes(appliance):
     x509.load_pem_x509_certificate((state / "server.crt").read_bytes())
     load_pem_private_key((state / "server.key").read_bytes(), None)
     assert HtpasswdFile.from_path(str(state / "htpasswd")).check_password("ds", PASSWORD)
-    r, seconds = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+    r, seconds = provision("up", env=appliance["env"])
     assert r.returncode == 0, r.stdout[-3000:]
     appliance["timings"]["drill3_next_up_s"] = round(seconds, 1)
 
@@ -224,7 +224,7 @@ def test_drill_nearly_full_disk(appliance):
         code, facts = status(appliance)
         assert code == 1 and any("disk nearly full: /etc/appliance" in p for p in facts["problems"])
         before = droplet_snapshot()
-        r, seconds = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+        r, seconds = provision("up", env=appliance["env"])
         appliance["timings"]["drill6_up_refused_s"] = round(seconds, 1)
         assert r.returncode != 0 and "nearly out of disk space: /etc/appliance" in r.stdout, r.stdout[-3000:]
         assert "Traceback" not in r.stdout and "PLAY" not in r.stdout
@@ -253,7 +253,7 @@ def test_drill_backup_purge_up_restore(appliance, tmp_path):
 
     started = time.monotonic()
     assert provision("down", "--purge", env=appliance["env"])[0].returncode == 0
-    r, _ = provision("up", "--ca-bundle", HOST_CA, env=appliance["env"])
+    r, _ = provision("up", env=appliance["env"])
     assert r.returncode == 0, r.stdout[-4000:]
     assert notebook_sums() == ""
     r, _ = provision("restore", str(archive), env=appliance["env"])

@@ -7,7 +7,6 @@ import time
 import pytest
 
 from appliance import images
-from fixtures_docker import HOST_CA
 
 pytestmark = pytest.mark.docker
 
@@ -152,7 +151,7 @@ def test_extra_package_is_a_small_last_layer(built_images, docker_client):
     shown = io.StringIO()
     try:
         started = time.monotonic()
-        images.build("scipy", ca_bundle=HOST_CA, packages=("tabulate==0.9.0",), progress=images.Progress(shown),
+        images.build("scipy", packages=("tabulate==0.9.0",), progress=images.Progress(shown),
                      say=lambda msg: None)
         print(f"one-package rebuild: {time.monotonic() - started:.1f} s")
         extra = docker_client.images.get(built_images["scipy"]).id
@@ -163,7 +162,7 @@ def test_extra_package_is_a_small_last_layer(built_images, docker_client):
         assert layers[0]["Size"] < 5_000_000, layers[0]
         assert "[scipy] step 1/" in shown.getvalue() and "\r" not in shown.getvalue()
     finally:  # back to the plain image, from the cache
-        images.build("scipy", ca_bundle=HOST_CA, say=lambda msg: None)
+        images.build("scipy", say=lambda msg: None)
     assert docker_client.images.get(built_images["scipy"]).id == plain
     docker_client.images.remove(extra)
 
@@ -171,7 +170,7 @@ def test_extra_package_is_a_small_last_layer(built_images, docker_client):
 def test_failed_step_is_one_line_error_with_the_log_tail(built_images):
     shown = io.StringIO()
     with pytest.raises(images.ImageError, match=r"^building scipy failed: .*returned a non-zero code") as failed:
-        images.build("scipy", ca_bundle=HOST_CA, packages=("tabulate==0.0.1",), progress=images.Progress(shown),
+        images.build("scipy", packages=("tabulate==0.0.1",), progress=images.Progress(shown),
                      say=lambda msg: None)
     assert "\n" not in str(failed.value)
     assert "No matching distribution found for tabulate==0.0.1" in shown.getvalue()
