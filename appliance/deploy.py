@@ -7,8 +7,6 @@ server lacks that exact image), then run the Ansible playbook through
 ansible-runner with a live progress display.
 """
 import contextlib
-import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -24,15 +22,14 @@ from pathlib import Path
 
 import ansible_runner
 
-from . import bootstrap, console, images, render, tls
+from . import bootstrap, console, images, layout, render, server, tls
 from .errors import DeployError
-from .remote import chain_ids
+from .server.archive import chain_ids
 
 ANSIBLE = Path(__file__).resolve().parent.parent / "ansible"
 DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 LOGIN = "ssh_login"  # state file: the user SSH logs in as once the server is hardened
 PACKAGES = "packages"  # state file: extra Python packages of the image (`rebuild --package`), one per line
-REMOTE = Path(__file__).with_name("remote.py")
 FIRST_RUN = ("First run for this server: expect about 5 minutes (on a fresh machine it also makes the base "
              "images and builds the notebook image); later runs take under a minute.")
 
@@ -129,7 +126,7 @@ def operator_login(target, user, state):
 
 def remote_command(*args):
     """The shell command running one command of remote.py (its source goes over SSH, nothing stays)."""
-    return " ".join(shlex.quote(a) for a in ("python3", "-c", REMOTE.read_text(), *args))
+    return " ".join(shlex.quote(a) for a in ("python3", "-c", server.remote_source(), *args))
 
 
 def remote(target, *args, **kwargs):
@@ -144,14 +141,8 @@ def remote_json(target, *args):
     return json.loads(r.stdout)
 
 
-def notebooks_dir(user):
-    """The notebooks directory on the server (mounted into the container)."""
-    return f"/home/{user}/notebooks"
-
-
-def server_paths(user):
-    """Where the appliance writes on the server: the filesystems whose free space matters."""
-    return ["/", render.ETC, "/var/lib/docker", notebooks_dir(user)]
+notebooks_dir = layout.notebooks_dir
+server_paths = layout.server_paths
 
 
 def check_disk(target, user):
@@ -299,12 +290,6 @@ def _message(res):
     return "\n".join(p for p in parts if p) or "no message"
 
 
-def _with_expected(item, rendered):
-    """The file's vars for Ansible, with the line the server's check prints when it is already in place."""
-    digest = hashlib.sha256((rendered / item.path.lstrip("/")).read_bytes()).hexdigest()
-    return {**dataclasses.asdict(item), "expected": f"{digest} {int(item.mode, 8):o} {item.group} {item.path}"}
-
-
 def run_playbook(target, playbook, extravars, say):
     """Run one playbook of ansible/ against one target; returns the number of changed tasks."""
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -393,10 +378,9 @@ def up(cfg, ca_bundle=None, say=print):
         rendered = Path(work) / "render"
         files = render.render(cfg, state, rendered)
         extravars = {
-            "appliance_user": cfg.user,
-            "appliance_ssh_pubkey": pubkey,
-            "appliance_render_dir": str(rendered),
-            "appliance_files": [_with_expected(f, rendered) for f in files],
+            **layout.role_vars(cfg.user),
+            **render.role_files(files, rendered),
+            "base_ssh_pubkey": pubkey,
             "base_timezone": cfg.timezone,
             "base_swap_mb": cfg.swap_mb,
             "jupyter_image_tag": tag,

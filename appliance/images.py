@@ -18,7 +18,7 @@ from pathlib import Path
 
 import docker
 
-from . import bootstrap, config, console, engine, render
+from . import bootstrap, config, console, engine, layout, render
 from .errors import ImageError
 
 IMAGES = Path(__file__).resolve().parent.parent / "images"
@@ -132,6 +132,8 @@ def _described(client, ref):
 def _build_one(client, name, parent, root, ca_bundle, packages, progress, nocache):
     args = {"BASE_IMAGE": parent, "EXTRA_PACKAGES": " ".join(packages),
             "MANIFEST_PARENT": _described(client, parent), "MANIFEST_ROOT": _described(client, root)}
+    if name == "base":
+        args["APPLIANCE_JUPYTER_SOCKET"] = layout.IMAGE_SOCKET
     built = build_directory(client, name, args, ca_bundle, progress=progress, nocache=nocache)
     try:
         text = client.containers.run(built, ["cat", MANIFEST_PATH], entrypoint=[], remove=True)

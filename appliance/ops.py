@@ -15,14 +15,15 @@ from pathlib import Path
 
 from cryptography import x509
 
-from . import auth, deploy, images, remote, render, tls
+from . import auth, deploy, images, layout, tls
 from .errors import BackupError, DeployError
+from .server.archive import ArchiveError, read_archive
 from .state import State
 
 LOGS = {
-    "jupyter": f"docker logs --tail 200 {{follow}} {remote.CONTAINER}",
+    "jupyter": f"docker logs --tail 200 {{follow}} {layout.CONTAINER}",
     "nginx": "tail -n 100 {follow} /var/log/nginx/access.log /var/log/nginx/error.log",
-    "auth": "journalctl --no-pager -n 100 {follow} -u appliance-auth.service",
+    "auth": f"journalctl --no-pager -n 100 {{follow}} -u {layout.AUTH_SERVICE}.service",
 }
 
 
@@ -91,8 +92,8 @@ def _report(cfg, facts):
 def status(cfg, as_json=False, say=print):
     """Print the appliance's state; returns 0 only when it is healthy."""
     with session(cfg, say) as (target, _):
-        facts = deploy.remote_json(target, "status", render.TLS_CERT, images.LABEL,
-                                   *deploy.server_paths(cfg.user))
+        facts = deploy.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
+                                   f"{layout.AUTH_SERVICE}.socket", *deploy.server_paths(cfg.user))
     pem = facts.pop("certificate_pem")
     facts["certificate"] = None
     if pem:
@@ -129,10 +130,10 @@ def logs(cfg, service="jupyter", follow=False, say=print):
 def _check_archive(path):
     try:
         with open(path, "rb") as f:
-            return remote.read_archive(f)
+            return read_archive(f)
     except OSError as exc:
         raise BackupError(f"cannot read {path}: {exc.strerror}") from None
-    except remote.ArchiveError as exc:
+    except ArchiveError as exc:
         raise BackupError(f"{path}: {exc}") from None
 
 
@@ -175,7 +176,8 @@ def restore(cfg, archive, say=print):
     say(f"{archive}: {len(digests)} files, checksums match")
     directory = deploy.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _), open(archive, "rb") as f:
-        r = deploy.remote(target, "restore", directory, cfg.user, stdin=f, capture_output=True, text=True)
+        r = deploy.remote(target, "restore", directory, cfg.user, layout.CONTAINER, stdin=f, capture_output=True,
+                          text=True)
     if r.returncode != 0:
         raise BackupError("restore on the server failed, its notebooks were left as they were: "
                           f"{deploy.last_line(r.stderr)}")
@@ -191,8 +193,8 @@ def passwd(cfg, say=print):
     """Set a new password: written here, then installed atomically on the server; old sessions end."""
     with session(cfg, say) as (target, state):
         where = auth.ensure_htpasswd(cfg, state, force_new=True)
-        r = deploy.remote(target, "install", render.HTPASSWD, "0640", "www-data", input=state.read("htpasswd"),
-                          capture_output=True)
+        r = deploy.remote(target, "install", layout.HTPASSWD, layout.SECRET_MODE, layout.WEB_GROUP,
+                          input=state.read("htpasswd"), capture_output=True)
     if r.returncode != 0:
         raise DeployError("the new password is saved here but the server did not take it "
                           f"({r.stderr.decode(errors='replace').strip()[-200:]}); run `up` to apply it")

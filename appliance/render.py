@@ -9,25 +9,10 @@ from pathlib import Path
 
 import jinja2
 
-from . import auth, tls
+from . import auth, layout, tls
 from .state import State
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
-NGINX_SITE = "/etc/nginx/sites-available/jupyter.conf"
-ETC = "/etc/appliance"
-TLS_CERT = f"{ETC}/tls/server.crt"
-TLS_KEY = f"{ETC}/tls/server.key"
-CA_CERT = f"{ETC}/tls/ca.crt"
-HTPASSWD = f"{ETC}/htpasswd"
-JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
-JUPYTER_SOCKET = "/run/jupyter/jupyter.sock"
-JUPYTER_TMPFILES = "/etc/tmpfiles.d/appliance-jupyter.conf"  # recreates the socket directory at boot
-AUTHD = "/usr/local/lib/appliance/authd.py"
-AUTH_UNIT = "/etc/systemd/system/appliance-auth.service"
-AUTH_SOCKET_UNIT = "/etc/systemd/system/appliance-auth.socket"
-AUTH_SOCKET = "/run/appliance-auth/auth.sock"
-CONTAINER_NOTEBOOKS = "/home/ds/notebooks"  # the image's notebook directory
 CLIENT_MAX_BODY_SIZE = "256m"
 
 
@@ -36,8 +21,9 @@ class ServerFile:
     path: str           # absolute path on the server
     mode: str           # octal, as Ansible takes it
     group: str          # owner is always root
-    service: str = ""   # what must reload when it changes: nginx, appliance-auth, jupyter
+    service: str = ""   # what must reload when it changes: nginx, appliance-auth, jupyter ("" = nothing)
     secret: bool = False
+    role: str = "web"   # the Ansible role that installs it
 
 
 def environment():
@@ -52,13 +38,16 @@ def template_context(cfg):
         "public_url": cfg.url.rstrip("/"),
         "http_port": cfg.http_port,
         "https_port": cfg.https_port,
-        "tls_cert": TLS_CERT,
-        "tls_key": TLS_KEY,
-        "htpasswd": HTPASSWD,
-        "authd": AUTHD,
-        "auth_socket": AUTH_SOCKET,
-        "jupyter_socket": JUPYTER_SOCKET,
-        "notebook_dir": CONTAINER_NOTEBOOKS,
+        "tls_cert": layout.TLS_CERT,
+        "tls_key": layout.TLS_KEY,
+        "htpasswd": layout.HTPASSWD,
+        "authd": layout.AUTHD,
+        "auth_service": layout.AUTH_SERVICE,
+        "auth_socket": layout.AUTH_SOCKET,
+        "web_group": layout.WEB_GROUP,
+        "jupyter_socket": layout.JUPYTER_SOCKET,
+        "container_socket": layout.IMAGE_SOCKET,
+        "notebook_dir": layout.IMAGE_NOTEBOOKS,
         "client_max_body_size": CLIENT_MAX_BODY_SIZE,
     }
 
@@ -75,19 +64,23 @@ def render(cfg, state, out_dir):
     """Write every server file under out_dir; returns the list of ServerFile."""
     env = environment()
     context = template_context(cfg)
+    public, secret, web = layout.FILE_MODE, layout.SECRET_MODE, layout.WEB_GROUP
+    nginx, auth_service, jupyter = layout.NGINX, layout.AUTH_SERVICE, layout.CONTAINER
     contents = {
-        ServerFile(NGINX_SITE, "0644", "root", "nginx"): env.get_template("nginx-site.conf.j2").render(context),
-        ServerFile(JUPYTER_CONFIG, "0644", "root", "jupyter"): env.get_template("jupyter_server_config.py.j2").render(context),
-        ServerFile(JUPYTER_TMPFILES, "0644", "root"):
-            f"d {Path(JUPYTER_SOCKET).parent} 2750 {cfg.user} www-data -\n",
-        ServerFile(AUTH_UNIT, "0644", "root", "appliance-auth"): env.get_template("appliance-auth.service.j2").render(context),
-        ServerFile(AUTH_SOCKET_UNIT, "0644", "root", "appliance-auth"):
+        ServerFile(layout.NGINX_SITE, public, "root", nginx): env.get_template("nginx-site.conf.j2").render(context),
+        ServerFile(layout.JUPYTER_CONFIG, public, "root", jupyter, role="jupyter"):
+            env.get_template("jupyter_server_config.py.j2").render(context),
+        ServerFile(layout.JUPYTER_TMPFILES, public, "root", role="jupyter"): layout.tmpfiles_line(cfg.user),
+        ServerFile(layout.AUTH_UNIT, public, "root", auth_service):
+            env.get_template("appliance-auth.service.j2").render(context),
+        ServerFile(layout.AUTH_SOCKET_UNIT, public, "root", auth_service):
             env.get_template("appliance-auth.socket.j2").render(context),
-        ServerFile(AUTHD, "0644", "root", "appliance-auth"): (Path(__file__).parent / "authd.py").read_bytes(),
-        ServerFile(TLS_CERT, "0644", "root", "nginx"): state.read("server.crt"),
-        ServerFile(CA_CERT, "0644", "root"): state.read("ca.crt"),
-        ServerFile(TLS_KEY, "0640", "www-data", "nginx", secret=True): state.read("server.key"),
-        ServerFile(HTPASSWD, "0640", "www-data", secret=True): state.read("htpasswd"),
+        ServerFile(layout.AUTHD, public, "root", auth_service):
+            (Path(__file__).parent / "server" / "authd.py").read_bytes(),
+        ServerFile(layout.TLS_CERT, public, "root", nginx): state.read("server.crt"),
+        ServerFile(layout.CA_CERT, public, "root"): state.read("ca.crt"),
+        ServerFile(layout.TLS_KEY, secret, web, nginx, secret=True): state.read("server.key"),
+        ServerFile(layout.HTPASSWD, secret, web, secret=True): state.read("htpasswd"),  # authd re-reads it itself
     }
     out_dir = Path(out_dir)
     for item, data in contents.items():
@@ -98,3 +91,14 @@ def render(cfg, state, out_dir):
         with os.fdopen(fd, "wb") as out:
             out.write(data if isinstance(data, bytes) else data.encode())
     return list(contents)
+
+
+def role_files(files, rendered):
+    """The rendered files as the Ansible roles take them: {"web_files": [...], "jupyter_files": [...]}, each
+    file with its local copy as src (ansible/roles/managed_files says what the fields mean)."""
+    out = {"web_files": [], "jupyter_files": []}
+    for item in files:
+        out[f"{item.role}_files"].append({"path": item.path, "mode": item.mode, "group": item.group,
+                                          "service": item.service, "secret": item.secret,
+                                          "src": str(Path(rendered) / item.path.lstrip("/"))})
+    return out

@@ -2,7 +2,10 @@
 appliance (https://127.0.0.1:443 through nginx, TLS and the login) and Jupyter
 reached directly (its unix socket) are measured from the same place.
 
-    python3 client.py direct|appliance [--upload-mb N]   (password in $APPLIANCE_PASSWORD)
+    python3 client.py direct|appliance --socket PATH --ca PATH [--upload-mb N]   (password in $APPLIANCE_PASSWORD)
+
+--socket is Jupyter's unix socket, --ca the appliance's CA certificate on the server (bench/run.py
+passes both from appliance/layout.py: this file runs alone in the droplet).
 
 Prints one JSON object.
 """
@@ -18,7 +21,7 @@ import threading
 import time
 import uuid
 
-SOCKET = "/run/jupyter/jupyter.sock"
+SOCKET = CA = None  # set by main() from the command line
 USER = os.environ.get("APPLIANCE_USER", "ds")
 XSRF = uuid.uuid4().hex
 
@@ -32,7 +35,7 @@ class UnixConnection(http.client.HTTPConnection):
 def connect(mode):
     if mode == "direct":
         return UnixConnection("127.0.0.1", timeout=120)
-    ctx = ssl.create_default_context(cafile="/etc/appliance/tls/ca.crt")
+    ctx = ssl.create_default_context(cafile=CA)
     return http.client.HTTPSConnection("127.0.0.1", 443, context=ctx, timeout=120)
 
 
@@ -169,7 +172,10 @@ def upload(mode, megabytes):
 
 
 def main():
+    global SOCKET, CA
     mode = sys.argv[1]
+    SOCKET = sys.argv[sys.argv.index("--socket") + 1]
+    CA = sys.argv[sys.argv.index("--ca") + 1]
     megabytes = int(sys.argv[sys.argv.index("--upload-mb") + 1]) if "--upload-mb" in sys.argv else 1024
     result = {
         "status_keepalive": latency(mode, "/api/status"),

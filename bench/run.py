@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance import bootstrap  # noqa: E402
+from appliance import bootstrap, layout  # noqa: E402
 
 GOALS = {  # figure: (direction, goal ratio appliance/direct)
     "P1 /api/status p50, keep-alive": ("max", 1.5), "P1 /api/status p99, keep-alive": ("max", 1.5),
@@ -64,7 +64,8 @@ def rebuild_figures(ca_bundle):
 
 
 def in_droplet(container, mode, password, upload_mb):
-    r = container.exec_run(["python3", "/root/bench_client.py", mode, "--upload-mb", str(upload_mb)],
+    r = container.exec_run(["python3", "/root/bench_client.py", mode, "--socket", layout.JUPYTER_SOCKET,
+                            "--ca", layout.CA_CERT, "--upload-mb", str(upload_mb)],
                            environment={"APPLIANCE_PASSWORD": password})  # in the API body, not on a command line
     if r.exit_code != 0:
         raise SystemExit(f"bench client ({mode}) failed: {r.output.decode()[-2000:]}")
@@ -98,7 +99,7 @@ def browser_figures(state, password):
     # Jupyter's unix socket, forwarded to this machine through SSH (the only way to reach it from here)
     tunnel = subprocess.Popen(["ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                                "-o", "ExitOnForwardFailure=yes", "-i", str(state / "droplet_ed25519"), "-p", "2222",
-                               "-L", "127.0.0.1:18888:/run/jupyter/jupyter.sock", "ds@127.0.0.1"],
+                               "-L", f"127.0.0.1:18888:{layout.JUPYTER_SOCKET}", "ds@127.0.0.1"],
                               stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)

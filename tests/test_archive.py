@@ -1,4 +1,4 @@
-"""Backup archives: what remote.py writes is what it and restore accept; anything else is refused."""
+"""Backup archives: what remote.py writes is what archive.py (both ends) accepts; anything else is refused."""
 import io
 import os
 import subprocess
@@ -7,13 +7,14 @@ import tarfile
 
 import pytest
 
-from appliance import remote
-
-REMOTE = remote.__file__
+from appliance import server
+from appliance.server import archive
 
 
 def make_backup(directory):
-    r = subprocess.run([sys.executable, REMOTE, "backup", str(directory)], capture_output=True, check=True)
+    """A backup made by the script the server runs (remote.py after archive.py, as `python3 -c`)."""
+    r = subprocess.run([sys.executable, "-c", server.remote_source(), "backup", str(directory)],
+                       capture_output=True, check=True)
     return r.stdout
 
 
@@ -28,7 +29,7 @@ def notebooks(tmp_path):
 
 
 def test_backup_round_trip(notebooks):
-    digests = remote.read_archive(io.BytesIO(make_backup(notebooks)))
+    digests = archive.read_archive(io.BytesIO(make_backup(notebooks)))
     assert sorted(digests) == ["notebooks/a.ipynb", "notebooks/sub dir/data.bin"]
 
 
@@ -50,11 +51,11 @@ def rewrite_archive(archive, change):
     (lambda n, d: (n, d[:-1] + bytes([d[-1] ^ 1]) if n.endswith(".bin") else d), "checksums"),
     (lambda n, d: ("notebooks/../../etc/x" if n.endswith(".ipynb") else n, d), "outside"),
     (lambda n, d: ("/etc/x" if n.endswith(".ipynb") else n, d), "outside"),
-    (lambda n, d: (n, b"" if n == remote.MANIFEST else d), "checksums"),
+    (lambda n, d: (n, b"" if n == archive.MANIFEST else d), "checksums"),
 ])
 def test_bad_archives_are_refused(notebooks, change, message):
-    with pytest.raises(remote.ArchiveError, match=message):
-        remote.read_archive(io.BytesIO(rewrite_archive(make_backup(notebooks), change)))
+    with pytest.raises(archive.ArchiveError, match=message):
+        archive.read_archive(io.BytesIO(rewrite_archive(make_backup(notebooks), change)))
 
 
 def test_symlinks_and_foreign_archives_are_refused(notebooks, tmp_path):
@@ -63,10 +64,10 @@ def test_symlinks_and_foreign_archives_are_refused(notebooks, tmp_path):
         link = tarfile.TarInfo("notebooks/passwd")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(link)
-    with pytest.raises(remote.ArchiveError, match="not a file or directory"):
-        remote.read_archive(io.BytesIO(out.getvalue()))
-    with pytest.raises(remote.ArchiveError, match="damaged"):
-        remote.read_archive(io.BytesIO(make_backup(notebooks)[:-200]))
-    with pytest.raises(remote.ArchiveError, match="no MANIFEST"):
-        remote.read_archive(io.BytesIO(rewrite_archive(make_backup(notebooks), lambda n, d: (
-            "notebooks/x" if n == remote.MANIFEST else n, d))))
+    with pytest.raises(archive.ArchiveError, match="not a file or directory"):
+        archive.read_archive(io.BytesIO(out.getvalue()))
+    with pytest.raises(archive.ArchiveError, match="damaged"):
+        archive.read_archive(io.BytesIO(make_backup(notebooks)[:-200]))
+    with pytest.raises(archive.ArchiveError, match="no MANIFEST"):
+        archive.read_archive(io.BytesIO(rewrite_archive(make_backup(notebooks), lambda n, d: (
+            "notebooks/x" if n == archive.MANIFEST else n, d))))

@@ -7,7 +7,7 @@ import pytest
 from passlib.apache import HtpasswdFile
 from passlib.context import CryptContext
 
-from appliance import authd
+from appliance.server import authd
 
 
 @pytest.fixture

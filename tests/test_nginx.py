@@ -20,7 +20,8 @@ import pytest
 import requests
 
 import jupyter_api
-from appliance import authd, config, render
+from appliance import config, layout, render
+from appliance.server import authd
 
 HTTP, HTTPS = 18080, 18443
 PASSWORD = "nginx test password"
@@ -54,8 +55,8 @@ def site():
     os.chmod(out, 0o755)
 
     def rebase(text):
-        return (text.replace("/etc/appliance", f"{out}/etc/appliance").replace("/run/jupyter", f"{base}/run")
-                .replace("/run/appliance-auth", f"{base}/auth"))
+        return (text.replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
+                .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth"))
 
     for item in files:  # the owners and modes Ansible gives them on the server
         path = out / item.path.lstrip("/")
@@ -63,7 +64,7 @@ def site():
         os.chmod(path, int(item.mode, 8))
         for parent in path.relative_to(out).parents:
             os.chmod(out / parent, 0o755)
-        if item.path in (render.NGINX_SITE, render.JUPYTER_CONFIG):
+        if item.path in (layout.NGINX_SITE, layout.JUPYTER_CONFIG):
             path.write_text(rebase(path.read_text()))
     run = base / "run"
     run.mkdir()
@@ -73,13 +74,13 @@ def site():
     shutil.chown(base / "auth", "www-data", "www-data")
     # As on the server: Debian's python3 and python3-bcrypt, as nginx's user.
     authd = subprocess.Popen(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
-                              "/usr/bin/python3", f"{out}{render.AUTHD}",
-                              f"--htpasswd={out}{render.HTPASSWD}", f"--socket={base}/auth/auth.sock"])
+                              "/usr/bin/python3", f"{out}{layout.AUTHD}",
+                              f"--htpasswd={out}{layout.HTPASSWD}", f"--socket={base}/auth/auth.sock"])
     notebooks = base / "notebooks"
     notebooks.mkdir()
     jupyter_log = open(base / "jupyter.log", "w")
     jupyter = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--allow-root",
-                                f"--config={out}{render.JUPYTER_CONFIG}", f"--ServerApp.root_dir={notebooks}"],
+                                f"--config={out}{layout.JUPYTER_CONFIG}", f"--ServerApp.root_dir={notebooks}"],
                                stdout=jupyter_log, stderr=subprocess.STDOUT, cwd=base)
     conf = base / "nginx.conf"
     conf.write_text(f"""user www-data;
@@ -92,7 +93,7 @@ http {{
     access_log {base}/access.log;
     client_body_temp_path {base}/body;
     proxy_temp_path {base}/proxy;
-    include {out}{render.NGINX_SITE};
+    include {out}{layout.NGINX_SITE};
 }}
 """)
     nginx = None
@@ -103,7 +104,7 @@ http {{
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
         _wait(lambda: _listening(HTTP) and _listening(HTTPS), "nginx")
         yield {"cfg": cfg, "out": out, "state": state, "cert": cert, "base": base,
-               "ca": str(out / render.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}"}
+               "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}"}
     finally:
         if nginx:
             nginx.terminate()
@@ -152,7 +153,7 @@ def test_large_upload_accepted(site):
 
 
 def test_htpasswd_accepted_by_apache_tools(site):
-    htpasswd = site["out"] / render.HTPASSWD.lstrip("/")
+    htpasswd = site["out"] / layout.HTPASSWD.lstrip("/")
     r = subprocess.run(["htpasswd", "-v", "-i", str(htpasswd), site["cfg"].user], input=PASSWORD,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -163,7 +164,7 @@ def test_htpasswd_accepted_by_apache_tools(site):
 
 def test_certificate_chain_verifies(site):
     out = site["out"]
-    r = subprocess.run(["openssl", "verify", "-CAfile", site["ca"], str(out / render.TLS_CERT.lstrip("/"))],
+    r = subprocess.run(["openssl", "verify", "-CAfile", site["ca"], str(out / layout.TLS_CERT.lstrip("/"))],
                        capture_output=True, text=True)
     assert r.returncode == 0 and ": OK" in r.stdout, r.stdout + r.stderr
 
@@ -201,7 +202,7 @@ def test_wrong_passwords_are_throttled_per_client(site):
 def test_new_password_ends_old_sessions(site):
     s = _session(site)
     assert s.get(f"{site['url']}/api/status").status_code == 200
-    htpasswd = site["out"] / render.HTPASSWD.lstrip("/")
+    htpasswd = site["out"] / layout.HTPASSWD.lstrip("/")
     old = htpasswd.read_bytes()
     try:
         subprocess.run(["htpasswd", "-b", "-B", "-C", "10", str(htpasswd), site["cfg"].user, "a new password"],

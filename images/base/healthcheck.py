@@ -1,9 +1,14 @@
-"""Docker HEALTHCHECK: Jupyter answers GET /api/status on its unix socket."""
+"""Docker HEALTHCHECK: Jupyter answers GET /api/status on its unix socket.
+
+The socket's path comes from the image's environment (APPLIANCE_JUPYTER_SOCKET, a build argument that
+appliance/images.py takes from appliance/layout.py).
+"""
 import http.client
+import os
 import socket
 import sys
 
-SOCKET = "/run/jupyter/jupyter.sock"
+SOCKET = os.environ["APPLIANCE_JUPYTER_SOCKET"]
 
 
 class UnixConnection(http.client.HTTPConnection):

@@ -1,11 +1,9 @@
 """What day-2 commands run on the server: standard library only, Python 3.9+.
 
 provision.py sends this file's source over SSH (`sudo python3 -c SOURCE
-COMMAND ARGS`); nothing of it stays on the server. The archive checks are also
-used locally, so a backup is verified by the same code on both ends.
-
-Backup archives are tar.gz: `notebooks/...` (regular files and directories
-only) followed by `MANIFEST.sha256` in sha256sum format.
+COMMAND ARGS`), preceded by archive.py's (appliance.server.remote_source);
+nothing of it stays on the server. Server paths and names come as arguments
+(from appliance/layout.py on the operator's side).
 """
 import grp
 import gzip
@@ -23,67 +21,10 @@ import time
 import urllib.error
 import urllib.request
 
-TOP = "notebooks"
-MANIFEST = "MANIFEST.sha256"
-CONTAINER = "jupyter"
+if __name__ != "__main__":  # imported on the operator's machine; on the server archive.py's source runs first
+    from .archive import MANIFEST, TOP, ArchiveError, Hashing, chain_ids, read_archive
+
 LOW_DISK = 1 << 30  # free space below min(1 GiB, 10% of the filesystem) is "low"
-
-
-class ArchiveError(Exception):
-    pass
-
-
-class _Hashing:
-    def __init__(self, f):
-        self.f, self.h = f, hashlib.sha256()
-
-    def read(self, n=-1):
-        data = self.f.read(n)
-        self.h.update(data)
-        return data
-
-
-def _safe_name(name):
-    parts = name.split("/")
-    if name.startswith("/") or ".." in parts or "" in parts[1:] or parts[0] not in (TOP, MANIFEST):
-        raise ArchiveError(f"the archive holds a path outside {TOP}/: {name!r}")
-    return name
-
-
-def read_archive(fileobj, write_file=None, make_dir=None):
-    """Stream through an archive checking every file against the manifest; returns {name: sha256}.
-
-    write_file(member, reader) / make_dir(member) are called to extract; a bad
-    archive raises ArchiveError (possibly after some calls).
-    """
-    digests, listed = {}, None
-    try:
-        with tarfile.open(fileobj=fileobj, mode="r|gz") as tar:
-            for member in tar:
-                name = _safe_name(member.name.rstrip("/"))
-                if name == MANIFEST:
-                    data = tar.extractfile(member).read().decode()
-                    listed = dict(reversed(line.split("  ", 1)) for line in data.splitlines() if line)
-                elif member.isdir():
-                    make_dir and make_dir(member)
-                elif member.isfile():
-                    reader = _Hashing(tar.extractfile(member))
-                    if write_file:
-                        write_file(member, reader)
-                    while reader.read(1 << 20):
-                        pass
-                    digests[name] = reader.h.hexdigest()
-                else:
-                    raise ArchiveError(f"the archive holds something that is not a file or directory: {name!r}")
-    except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
-        raise ArchiveError(f"the archive is damaged or not a backup: {exc}") from None
-    if listed is None:
-        raise ArchiveError(f"the archive has no {MANIFEST}: not a backup made by provision.py")
-    if listed != digests:
-        bad = sorted(set(listed.items()) ^ set(digests.items()))
-        raise ArchiveError(f"the archive does not match its checksums ({len(bad)} mismatches, "
-                           f"first: {bad[0][0]!r})")
-    return digests
 
 
 def backup(directory):
@@ -103,7 +44,7 @@ def backup(directory):
                     continue
                 with open(path, "rb") as f:
                     info = tar.gettarinfo(arcname=f"{arc}/{name}", fileobj=f)
-                    reader = _Hashing(f)
+                    reader = Hashing(f)
                     try:
                         tar.addfile(info, reader)
                     except OSError:
@@ -115,7 +56,7 @@ def backup(directory):
         tar.addfile(info, io.BytesIO(data))
 
 
-def restore(directory, user):
+def restore(directory, user, container):
     """Read an archive on stdin into a new directory, check it, then swap it in; the old one is kept."""
     owner = pwd.getpwnam(user)
     parent = os.path.dirname(directory.rstrip("/"))
@@ -153,7 +94,7 @@ def restore(directory, user):
     os.rename(new, directory)
     os.rmdir(work)
     # the container's bind mount still holds the old directory: restart it onto the new one
-    subprocess.run(["docker", "restart", CONTAINER], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["docker", "restart", container], check=True, stdout=subprocess.DEVNULL)
     print(json.dumps({"files": len(digests), "kept": kept if os.path.exists(kept) else None}))
 
 
@@ -189,11 +130,12 @@ def _https_answers():
         return f"no answer ({exc})"
 
 
-def status(cert, label_name, *paths):
+def status(cert, label_name, container, auth_socket_unit, *paths):
     """Facts about the appliance (JSON): cert is the served certificate's path, label_name the image's
-    versions-manifest label, paths where the appliance writes."""
+    versions-manifest label, container the notebook container, auth_socket_unit the login verifier's
+    socket unit, paths where the appliance writes."""
     facts = {"container": None, "image": None}
-    inspect = _run("docker", "inspect", "--format", "{{json .}}", CONTAINER)
+    inspect = _run("docker", "inspect", "--format", "{{json .}}", container)
     if inspect:
         c = json.loads(inspect)
         state = c["State"]
@@ -207,7 +149,7 @@ def status(cert, label_name, *paths):
             facts["image"] = {"tags": i.get("RepoTags") or [], "size": i["Size"],
                               "manifest_sha256": hashlib.sha256(label.encode()).hexdigest() if label else None}
     facts["nginx"] = _run("systemctl", "is-active", "nginx") or "inactive"
-    facts["login_verifier"] = _run("systemctl", "is-active", "appliance-auth.socket") or "inactive"
+    facts["login_verifier"] = _run("systemctl", "is-active", auth_socket_unit) or "inactive"
     facts["https"] = _https_answers()
     try:
         with open(cert) as f:
@@ -230,14 +172,6 @@ def layers():
     found = _run("docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", *ids) if ids else None
     chains = {chain for line in (found or "").splitlines() for chain in chain_ids(json.loads(line) or [])}
     print(json.dumps(sorted(chains)))
-
-
-def chain_ids(diff_ids):
-    """The chain ID of each layer of an image, from its layers' diff IDs (as docker computes them)."""
-    chain = None
-    for diff in diff_ids:
-        chain = diff if chain is None else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
-        yield chain
 
 
 def install(path, mode, group):

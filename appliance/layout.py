@@ -1,0 +1,106 @@
+"""The server's layout, defined once: every path, mode, group and name the appliance uses on the server
+and inside its container.
+
+Everything else takes these values from here: render.py (the files and the templates' context), the
+Ansible roles (through `role_vars`, passed as extra vars by deploy.py), ops.py, and what runs on the
+server (server/remote.py, bench/client.py, the image's healthcheck), which get them as arguments or
+build arguments because they cannot import this package there.
+"""
+ETC = "/etc/appliance"                      # the appliance's configuration
+ETC_MODE = "0755"
+TLS_DIR = f"{ETC}/tls"
+TLS_DIR_MODE = "0750"                       # root:WEB_GROUP
+TLS_CERT = f"{TLS_DIR}/server.crt"
+TLS_KEY = f"{TLS_DIR}/server.key"
+CA_CERT = f"{TLS_DIR}/ca.crt"
+HTPASSWD = f"{ETC}/htpasswd"
+JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
+
+FILE_MODE = "0644"                          # root-owned, readable by all
+SECRET_MODE = "0640"                        # root:WEB_GROUP: nginx and the login verifier read it, nobody else
+WEB_GROUP = "www-data"                      # nginx's workers and the login verifier run in it
+
+NGINX = "nginx"                             # the web server's systemd unit
+NGINX_SITE = "/etc/nginx/sites-available/jupyter.conf"
+NGINX_SITE_LINK = "/etc/nginx/sites-enabled/jupyter.conf"
+NGINX_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"   # Debian's, removed
+
+LIB = "/usr/local/lib/appliance"            # code the server runs
+LIB_MODE = "0755"
+AUTHD = f"{LIB}/authd.py"                   # the login verifier (appliance/server/authd.py)
+AUTH_SERVICE = "appliance-auth"             # its systemd units
+AUTH_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.service"
+AUTH_SOCKET_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.socket"
+AUTH_SOCKET = f"/run/{AUTH_SERVICE}/auth.sock"
+
+CONTAINER = "jupyter"                       # the notebook container's name
+JUPYTER_SOCKET_DIR = "/run/jupyter"         # on the server: <user>:WEB_GROUP, bind-mounted into the container
+JUPYTER_SOCKET_DIR_MODE = "02750"
+JUPYTER_SOCKET = f"{JUPYTER_SOCKET_DIR}/jupyter.sock"
+JUPYTER_TMPFILES = "/etc/tmpfiles.d/appliance-jupyter.conf"  # recreates the socket directory at boot
+NOTEBOOKS_MODE = "0750"
+
+# Inside the image (images/base/Dockerfile makes these directories; it takes the socket as a build argument).
+IMAGE_NOTEBOOKS = "/home/ds/notebooks"      # the image's notebook directory
+IMAGE_JUPYTER_CONFIG = "/etc/jupyter/jupyter_server_config.py"
+IMAGE_SOCKET_DIR = "/run/jupyter"
+IMAGE_SOCKET = f"{IMAGE_SOCKET_DIR}/jupyter.sock"
+
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+DOCKER_DATA = "/var/lib/docker"
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-appliance.conf"
+AUTO_UPGRADES = "/etc/apt/apt.conf.d/20auto-upgrades"
+SYSCTL_FILE = "/etc/sysctl.d/60-appliance.conf"
+SWAP_FILE = "/swapfile"
+
+
+def notebooks_dir(user):
+    """The notebooks directory on the server (mounted into the container)."""
+    return f"/home/{user}/notebooks"
+
+
+def sudoers_file(user):
+    return f"/etc/sudoers.d/90-{user}"
+
+
+def server_paths(user):
+    """Where the appliance writes on the server: the filesystems whose free space matters."""
+    return ["/", ETC, DOCKER_DATA, notebooks_dir(user)]
+
+
+def tmpfiles_line(user):
+    """systemd-tmpfiles' line recreating the socket directory at boot (it lives in /run)."""
+    return f"d {JUPYTER_SOCKET_DIR} {int(JUPYTER_SOCKET_DIR_MODE, 8):o} {user} {WEB_GROUP} -\n"
+
+
+def role_vars(user):
+    """The layout as the Ansible roles take it (ansible/roles/*/meta/argument_specs.yml)."""
+    return {
+        "base_user": user,
+        "base_sudoers_file": sudoers_file(user),
+        "base_swap_file": SWAP_FILE,
+        "base_sysctl_file": SYSCTL_FILE,
+        "docker_daemon_json": DOCKER_DAEMON_JSON,
+        "web_group": WEB_GROUP,
+        "web_dirs": [{"path": ETC, "group": "root", "mode": ETC_MODE},
+                     {"path": TLS_DIR, "group": WEB_GROUP, "mode": TLS_DIR_MODE},
+                     {"path": LIB, "group": "root", "mode": LIB_MODE}],
+        "web_nginx_site": NGINX_SITE,
+        "web_nginx_site_link": NGINX_SITE_LINK,
+        "web_nginx_default_site": NGINX_DEFAULT_SITE,
+        "web_nginx_service": NGINX,
+        "web_auth_service": AUTH_SERVICE,
+        "jupyter_user": user,
+        "jupyter_web_group": WEB_GROUP,
+        "jupyter_container": CONTAINER,
+        "jupyter_socket_dir": JUPYTER_SOCKET_DIR,
+        "jupyter_socket_dir_mode": JUPYTER_SOCKET_DIR_MODE,
+        "jupyter_notebooks_dir": notebooks_dir(user),
+        "jupyter_notebooks_mode": NOTEBOOKS_MODE,
+        "jupyter_config": JUPYTER_CONFIG,
+        "jupyter_image_notebooks": IMAGE_NOTEBOOKS,
+        "jupyter_image_socket_dir": IMAGE_SOCKET_DIR,
+        "jupyter_image_config": IMAGE_JUPYTER_CONFIG,
+        "hardening_sshd_dropin": SSHD_DROPIN,
+        "hardening_auto_upgrades": AUTO_UPGRADES,
+    }

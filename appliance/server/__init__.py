@@ -1,0 +1,15 @@
+"""Code that runs on the server (standard library only, plus Debian's python3-bcrypt for authd.py).
+
+* authd.py: the login verifier, installed at layout.AUTHD and run by systemd.
+* remote.py: what day-2 commands run there; its source goes over SSH as `python3 -c`, nothing stays.
+* archive.py: the backup archive check and chain IDs, used on both ends; remote_source() sends it to
+  the server ahead of remote.py, so the two run there as one script.
+"""
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def remote_source():
+    """The script `python3 -c` runs on the server: archive.py's source, then remote.py's."""
+    return (HERE / "archive.py").read_text() + "\n" + (HERE / "remote.py").read_text()

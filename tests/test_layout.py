@@ -1,0 +1,76 @@
+"""The server layout (appliance/layout.py) and the one managed-files drift check the roles share."""
+import importlib.util
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from appliance import config, layout, render
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("managed_files", ROOT / "ansible/filter_plugins/managed_files.py")
+managed_files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(managed_files)
+
+
+def _check_script(paths):
+    """The server's check from ansible/tasks/managed-files.yml, for these paths."""
+    task = yaml.safe_load((ROOT / "ansible/tasks/managed-files.yml").read_text())[0]
+    script = task["ansible.builtin.shell"]
+    loop = "{{ managed_files | map(attribute='path') | map('quote') | join(' ') }}"
+    assert loop in script
+    return script.replace(loop, " ".join(f"'{p}'" for p in paths))
+
+
+def test_drift_check_matches_what_the_server_prints(tmp_path):
+    cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
+    state, _, _ = render.prepare(cfg, say=lambda m: None, interactive=False,
+                                 env={"APPLIANCE_PASSWORD": "a long test password"})
+    files = render.render(cfg, state, tmp_path / "out")
+    items = [f for role in render.role_files(files, tmp_path / "out").values() for f in role]
+    items.append({"path": str(tmp_path / "content.txt"), "mode": "0440", "group": "root", "content": "x ünï\n"})
+    installed = tmp_path / "server"
+    for item in items:  # "install" each where the check will look, as Ansible would
+        item["path"] = str(installed / item["path"].lstrip("/"))
+        target = Path(item["path"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(Path(item["src"]).read_bytes() if "src" in item else item["content"].encode())
+        target.chmod(int(item["mode"], 8))
+        item["group"] = Path(target).group()
+    lines = subprocess.run(["sh", "-c", _check_script(i["path"] for i in items)], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert managed_files.managed_files_pending(items, lines) == []
+    Path(items[0]["path"]).chmod(0o600)  # drift: a mode, a content
+    Path(items[1]["path"]).write_text("changed")
+    lines = subprocess.run(["sh", "-c", _check_script(i["path"] for i in items)], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    assert [i["path"] for i in managed_files.managed_files_pending(items, lines)] == [items[0]["path"],
+                                                                                    items[1]["path"]]
+
+
+def test_every_rendered_file_has_a_role_and_a_known_service(tmp_path):
+    cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
+    state, _, _ = render.prepare(cfg, say=lambda m: None, interactive=False,
+                                 env={"APPLIANCE_PASSWORD": "a long test password"})
+    files = render.render(cfg, state, tmp_path / "out")
+    services = {layout.NGINX: "web", layout.AUTH_SERVICE: "web", layout.CONTAINER: "jupyter"}
+    for f in files:
+        assert f.service == "" or services[f.service] == f.role, f
+    by_path = {f.path: f for f in files}
+    assert by_path[layout.HTPASSWD].service == "" and by_path[layout.CA_CERT].service == ""  # nothing restarts
+
+
+def test_role_vars_are_what_the_roles_declare():
+    declared = set()
+    for specs in (ROOT / "ansible/roles").glob("*/meta/argument_specs.yml"):
+        declared |= set(yaml.safe_load(specs.read_text())["argument_specs"]["main"]["options"])
+    assert set(layout.role_vars("ds")) <= declared
+    assert {"web_files", "jupyter_files"} <= declared
+
+
+def test_image_makes_the_layouts_directories():
+    dockerfile = (ROOT / "images/base/Dockerfile").read_text()
+    assert re.search(rf"mkdir -p .*{re.escape(layout.IMAGE_SOCKET_DIR)}\b", dockerfile)
+    user = re.search(r"^ARG NB_USER=(\S+)$", dockerfile, re.M)[1]
+    assert layout.IMAGE_NOTEBOOKS == f"/home/{user}/notebooks"
