@@ -115,7 +115,7 @@ def _config(args):
 def cmd_render(args):
     from . import render
     cfg = _config(args)
-    state, cert, where = render.prepare(cfg, say=say)
+    state, cert, where = render.prepare(cfg)
     files = render.render(cfg, state, args.out)
     for item in files:
         say(f"  {os.path.join(args.out, item.path.lstrip('/'))}")

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from cryptography import x509
+from packaging.utils import canonicalize_name
 
-from . import auth, deploy, images, layout, tls
+from . import auth, deploy, images, layout, ssh, tls
 from .errors import BackupError, DeployError
 from .server.archive import ArchiveError, read_archive
 from .state import State
@@ -31,7 +32,7 @@ LOGS = {
 def session(cfg, say=print):
     """A reachable Target for cfg and its State; the shared SSH connection is closed afterwards."""
     state = State(cfg.target_dir).ensure()
-    with deploy.connect(cfg, state, say=say) as (target, _, _):
+    with ssh.connect(cfg, state, say=say) as (target, _, _):
         yield target, state
 
 
@@ -92,8 +93,8 @@ def _report(cfg, facts):
 def status(cfg, as_json=False, say=print):
     """Print the appliance's state; returns 0 only when it is healthy."""
     with session(cfg, say) as (target, _):
-        facts = deploy.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
-                                   f"{layout.AUTH_SERVICE}.socket", *deploy.server_paths(cfg.user))
+        facts = ssh.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
+                                   f"{layout.AUTH_SERVICE}.socket", *layout.server_paths(cfg.user))
     pem = facts.pop("certificate_pem")
     facts["certificate"] = None
     if pem:
@@ -143,12 +144,12 @@ def backup(cfg, out, say=print):
     if out.is_dir():
         raise BackupError(f"{out} is a directory; give a file name like notebooks.tar.gz")
     partial = out.with_name(out.name + ".partial")
-    directory = deploy.notebooks_dir(cfg.user)
+    directory = layout.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _):
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             started, received, shown = time.monotonic(), 0, 0.0
-            proc = subprocess.Popen(target.argv(target.sudo(deploy.remote_command("backup", directory))),
+            proc = subprocess.Popen(target.argv(target.sudo(ssh.remote_command("backup", directory))),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             while chunk := proc.stdout.read(1 << 20):
                 f.write(chunk)
@@ -159,7 +160,7 @@ def backup(cfg, out, say=print):
             err = proc.stderr.read().decode(errors="replace").strip()
             if proc.wait() != 0:
                 partial.unlink()
-                raise BackupError(f"backup on the server failed: {deploy.last_line(err)}")
+                raise BackupError(f"backup on the server failed: {ssh.last_line(err)}")
     if shown:
         print(flush=True)
     digests = _check_archive(partial)
@@ -174,13 +175,13 @@ def restore(cfg, archive, say=print):
     """Check the archive here, then replace the notebooks with it on the server (the old ones are kept)."""
     digests = _check_archive(archive)
     say(f"{archive}: {len(digests)} files, checksums match")
-    directory = deploy.notebooks_dir(cfg.user)
+    directory = layout.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _), open(archive, "rb") as f:
-        r = deploy.remote(target, "restore", directory, cfg.user, layout.CONTAINER, stdin=f, capture_output=True,
+        r = ssh.remote(target, "restore", directory, cfg.user, layout.CONTAINER, stdin=f, capture_output=True,
                           text=True)
     if r.returncode != 0:
         raise BackupError("restore on the server failed, its notebooks were left as they were: "
-                          f"{deploy.last_line(r.stderr)}")
+                          f"{ssh.last_line(r.stderr)}")
     result = json.loads(r.stdout)
     say(f"Restored {result['files']} files into {directory}; the notebook server was restarted onto them")
     if result["kept"]:
@@ -193,7 +194,7 @@ def passwd(cfg, say=print):
     """Set a new password: written here, then installed atomically on the server; old sessions end."""
     with session(cfg, say) as (target, state):
         where = auth.ensure_htpasswd(cfg, state, force_new=True)
-        r = deploy.remote(target, "install", layout.HTPASSWD, layout.SECRET_MODE, layout.WEB_GROUP,
+        r = ssh.remote(target, "install", layout.HTPASSWD, layout.SECRET_MODE, layout.WEB_GROUP,
                           input=state.read("htpasswd"), capture_output=True)
     if r.returncode != 0:
         raise DeployError("the new password is saved here but the server did not take it "
@@ -205,15 +206,15 @@ def passwd(cfg, say=print):
 
 def _merge(old, new):
     """Package specs by name: a new spec replaces an old one for the same package."""
-    by_name = {spec.split("==")[0].lower().replace("_", "-"): spec for spec in (*old, *new)}
+    by_name = {canonicalize_name(spec.split("==")[0]): spec for spec in (*old, *new)}
     return tuple(sorted(by_name.values(), key=str.lower))
 
 
 def rebuild(cfg, packages=(), clear=False, ca_bundle=None, say=print):
     """Build the image with the target's extra packages and roll it out; returns `up`'s change count."""
     state = State(cfg.target_dir).ensure()
-    wanted = _merge(() if clear else deploy.extra_packages(state), packages)
+    wanted = _merge(() if clear else state.packages(), packages)
     images.build(cfg.image, ca_bundle=ca_bundle, packages=wanted, say=say)  # a failed build stores nothing
-    state.write(deploy.PACKAGES, "".join(f"{p}\n" for p in wanted))
+    state.set_packages(wanted)
     say(f"Extra packages: {', '.join(wanted) or 'none'}")
     return deploy.up(cfg, ca_bundle=ca_bundle, say=say)

@@ -13,6 +13,7 @@ from . import auth, layout, tls
 from .state import State
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 CLIENT_MAX_BODY_SIZE = "256m"
 
 
@@ -31,8 +32,10 @@ def environment():
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
 
 
-def template_context(cfg):
+def template_context(cfg, nginx_version=None):
     return {
+        # nginx 1.25.1 made http2 a directive of its own and deprecated `listen ... http2`
+        "http2_directive": (nginx_version or (0,)) >= HTTP2_DIRECTIVE_SINCE,
         "managed": "Written by provision.py; changes here are overwritten on the next run.",
         "server_names": cfg.server_names,
         "public_url": cfg.url.rstrip("/"),
@@ -52,7 +55,7 @@ def template_context(cfg):
     }
 
 
-def prepare(cfg, say=print, interactive=None, env=None):
+def prepare(cfg, interactive=None, env=None):
     """Make sure the target's CA, certificate and htpasswd exist; returns (state, cert, where)."""
     state = State(cfg.target_dir).ensure()
     cert = tls.ensure(state, cfg.server_names)
@@ -60,10 +63,11 @@ def prepare(cfg, say=print, interactive=None, env=None):
     return state, cert, where
 
 
-def render(cfg, state, out_dir):
-    """Write every server file under out_dir; returns the list of ServerFile."""
+def render(cfg, state, out_dir, nginx_version=None):
+    """Write every server file under out_dir; returns the list of ServerFile. nginx_version (a tuple) is the
+    server's, when known: it decides the http2 syntax (the form every version takes when unknown)."""
     env = environment()
-    context = template_context(cfg)
+    context = template_context(cfg, nginx_version)
     public, secret, web = layout.FILE_MODE, layout.SECRET_MODE, layout.WEB_GROUP
     nginx, auth_service, jupyter = layout.NGINX, layout.AUTH_SERVICE, layout.CONTAINER
     contents = {

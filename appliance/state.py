@@ -12,9 +12,35 @@ from pathlib import Path
 from .errors import StateError
 
 
+LOGIN = "ssh_login"  # the user SSH logs in as once the server is hardened
+PACKAGES = "packages"  # the image's extra Python packages (`rebuild --package`), one per line
+
+
 class State:
     def __init__(self, path):
         self.path = Path(path)
+
+    @property
+    def known_hosts(self):
+        """The target's pinned SSH host keys."""
+        return self.file("known_hosts")
+
+    def login(self):
+        """The user SSH logs in as (None until the operator's login has been proven)."""
+        return (self.read(LOGIN) or b"").decode().strip() or None
+
+    def set_login(self, user):
+        if user is None:
+            self.file(LOGIN).unlink(missing_ok=True)
+        else:
+            self.write(LOGIN, user)
+
+    def packages(self):
+        """The image's extra packages for this target (NAME==VERSION, set by `rebuild --package`)."""
+        return tuple((self.read(PACKAGES) or b"").decode().split())
+
+    def set_packages(self, packages):
+        self.write(PACKAGES, "".join(f"{p}\n" for p in packages))
 
     def ensure(self):
         try:

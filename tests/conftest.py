@@ -3,9 +3,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-from fixtures_docker import *  # noqa: E402,F401,F403  (Docker engine, base image, tracked containers)
-from fixtures_e2e import *  # noqa: E402,F401,F403  (the session's provisioned local droplet)
+sys.path.insert(0, str(ROOT / "tests"))
+pytest_plugins = ["fixtures_docker",  # Docker engine, base image, built images, tracked containers
+                  "fixtures_e2e"]  # the session's provisioned local droplet
 
 
 def pytest_collection_modifyitems(items):

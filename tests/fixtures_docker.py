@@ -4,8 +4,6 @@ import pytest
 
 from appliance import engine, images
 
-__all__ = ["docker_client", "base_image", "built_images", "containers"]  # what conftest.py imports
-
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,13 @@
 """The session's local droplet for the end-to-end tests: made by a cold `up`, purged at the end."""
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-__all__ = ["appliance"]  # what conftest.py imports
-
-ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "tests" / "artifacts"
-DROPLET = "appliance-droplet"
-URL = "https://127.0.0.1:8443"
-PASSWORD = "e2e test password"
-
-
-def provision(*args, env, timeout=2400):
-    started = time.monotonic()
-    r = subprocess.run([sys.executable, str(ROOT / "provision.py"), *args], env=env, text=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
-    print(r.stdout)
-    return r, time.monotonic() - started
+from helpers import ARTIFACTS, PASSWORD, provision
 
 
 class ArgvSampler(threading.Thread):
@@ -41,16 +25,6 @@ class ArgvSampler(threading.Thread):
                 except OSError:
                     pass
             time.sleep(0.05)
-
-
-def in_droplet(*cmd):
-    r = subprocess.run(["docker", "exec", DROPLET, *cmd], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
-def jupyter_started_at():
-    return in_droplet("docker", "inspect", "-f", "{{.State.StartedAt}}", "jupyter").strip()
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ import tarfile
 
 import pytest
 
+from helpers import rewrite_archive
+
 from appliance import server
 from appliance.server import archive
 
@@ -31,20 +33,6 @@ def notebooks(tmp_path):
 def test_backup_round_trip(notebooks):
     digests = archive.read_archive(io.BytesIO(make_backup(notebooks)))
     assert sorted(digests) == ["notebooks/a.ipynb", "notebooks/sub dir/data.bin"]
-
-
-def rewrite_archive(archive, change):
-    """The archive with change(name, data) -> (name, data) applied to each member."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as src, \
-            tarfile.open(fileobj=out, mode="w:gz") as dst:
-        for member in src:
-            data = src.extractfile(member).read() if member.isfile() else None
-            member.name, data = change(member.name, data)
-            if data is not None:
-                member.size = len(data)
-            dst.addfile(member, io.BytesIO(data) if data is not None else None)
-    return out.getvalue()
 
 
 @pytest.mark.parametrize("change, message", [

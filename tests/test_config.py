@@ -5,7 +5,7 @@ import stat
 import pytest
 from passlib.apache import HtpasswdFile
 
-from appliance import auth, config, render, tls
+from appliance import auth, config, layout, render, tls
 from appliance.errors import ConfigError, StateError
 from appliance.state import State
 
@@ -66,7 +66,7 @@ def test_bad_password_refused(tmp_path, password):
 
 def _render(tmp_path, out, env, **flags):
     cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state"), **flags}, env={})
-    state, cert, _ = render.prepare(cfg, say=lambda m: None, interactive=False, env=env)
+    state, cert, _ = render.prepare(cfg, interactive=False, env=env)
     render.render(cfg, state, out)
     return cfg, state
 
@@ -126,3 +126,14 @@ def test_templates_refuse_undefined(tmp_path):
     env = render.environment()
     with pytest.raises(Exception, match="undefined"):
         env.get_template("nginx-site.conf.j2").render({})
+
+
+@pytest.mark.parametrize("version, new_syntax", [(None, False), ((1, 22, 1), False), ((1, 25, 0), False),
+                                                 ((1, 25, 1), True), ((1, 26, 3), True)])
+def test_http2_syntax_follows_the_servers_nginx(tmp_path, version, new_syntax):
+    cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
+    state, _, _ = render.prepare(cfg, interactive=False, env={"APPLIANCE_PASSWORD": "a long password"})
+    render.render(cfg, state, tmp_path / "out", nginx_version=version)
+    site = (tmp_path / "out" / layout.NGINX_SITE.lstrip("/")).read_text()
+    assert ("    http2 on;\n" in site) is new_syntax
+    assert ("443 ssl http2 default_server;" in site) is not new_syntax

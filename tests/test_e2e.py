@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import jupyter_api
-from fixtures_e2e import ARTIFACTS, DROPLET, PASSWORD, URL, in_droplet, jupyter_started_at, provision
+from helpers import ARTIFACTS, DROPLET, PASSWORD, URL, in_droplet, jupyter_started_at, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from passlib.apache import HtpasswdFile
 
 import jupyter_api
-from test_archive import rewrite_archive
-from fixtures_e2e import DROPLET, PASSWORD, ROOT, URL, in_droplet, provision
+from helpers import DROPLET, PASSWORD, ROOT, URL, in_droplet, provision, rewrite_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 NOTEBOOKS = "/home/ds/notebooks"

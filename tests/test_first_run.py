@@ -18,11 +18,10 @@ import pytest
 import requests
 
 from appliance import droplet, engine, images
+from helpers import ROOT, URL
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
-URL = "https://127.0.0.1:8443"
 PLAIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -25,7 +25,7 @@ def _check_script(paths):
 
 def test_drift_check_matches_what_the_server_prints(tmp_path):
     cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
-    state, _, _ = render.prepare(cfg, say=lambda m: None, interactive=False,
+    state, _, _ = render.prepare(cfg, interactive=False,
                                  env={"APPLIANCE_PASSWORD": "a long test password"})
     files = render.render(cfg, state, tmp_path / "out")
     items = [f for role in render.role_files(files, tmp_path / "out").values() for f in role]
@@ -51,7 +51,7 @@ def test_drift_check_matches_what_the_server_prints(tmp_path):
 
 def test_every_rendered_file_has_a_role_and_a_known_service(tmp_path):
     cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
-    state, _, _ = render.prepare(cfg, say=lambda m: None, interactive=False,
+    state, _, _ = render.prepare(cfg, interactive=False,
                                  env={"APPLIANCE_PASSWORD": "a long test password"})
     files = render.render(cfg, state, tmp_path / "out")
     services = {layout.NGINX: "web", layout.AUTH_SERVICE: "web", layout.CONTAINER: "jupyter"}

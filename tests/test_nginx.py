@@ -48,7 +48,7 @@ def site():
     os.chmod(base, 0o755)  # nginx workers (www-data) walk into it, as on the server
     cfg = config.load({"host": "127.0.0.1", "state_dir": str(base / "state"), "http_port": HTTP,
                        "https_port": HTTPS, "public_https_port": HTTPS}, env={})
-    state, cert, _ = render.prepare(cfg, say=lambda m: None, interactive=False,
+    state, cert, _ = render.prepare(cfg, interactive=False,
                                     env={"APPLIANCE_PASSWORD": PASSWORD})
     out = base / "out"
     files = render.render(cfg, state, out)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import ansible_runner
 
-from appliance import console, deploy
+from appliance import console, playbook
 
 PLAYBOOK = """
 - hosts: localhost
@@ -41,13 +41,13 @@ def run(tmp_path, progress):
 
 
 def test_tasks_changed_behind_no_log_are_named(tmp_path):
-    progress = deploy.Progress(io.StringIO())
+    progress = playbook.Progress(io.StringIO())
     runner = run(tmp_path, progress)
     assert runner.status == "successful"
     changed = sum(runner.stats["changed"].values())
     assert changed == 2 and len(progress.changed_tasks) == changed, progress.changed_tasks
     assert progress.changed_tasks == ["Write a plain file and a secret one", "Write only a secret file"]
-    second = deploy.Progress(io.StringIO())  # nothing differs now
+    second = playbook.Progress(io.StringIO())  # nothing differs now
     runner = run(tmp_path, second)
     assert sum(runner.stats["changed"].values()) == 0 and second.changed_tasks == []
 

@@ -1,6 +1,6 @@
 """Backup archives and image layers as both ends see them: standard library only, Python 3.9+.
 
-Imported on the operator's machine (ops.py checks a backup, deploy.py computes chain IDs) and sent
+Imported on the operator's machine (ops.py checks a backup, ship.py computes chain IDs) and sent
 to the server ahead of remote.py (appliance.server.remote_source), so one piece of code checks an
 archive on both ends.
 
