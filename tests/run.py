@@ -28,4 +28,6 @@ if __name__ == "__main__":
         sys.exit(exc.exit_code)
     import pytest
     os.chdir(ROOT)
-    sys.exit(pytest.main(["tests", *sys.argv[1:]]))
+    args = sys.argv[1:]
+    paths = [a for a in args if not a.startswith("-") and os.path.exists(a.split("::")[0])]
+    sys.exit(pytest.main(args if paths else ["tests", *args]))  # named test files: only those
