@@ -34,17 +34,19 @@ AUTH_SOCKET_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.socket"
 AUTH_SOCKET = f"/run/{AUTH_SERVICE}/auth.sock"
 
 CONTAINER = "jupyter"                       # the notebook container's name
-JUPYTER_SOCKET_DIR = "/run/jupyter"         # on the server: <user>:WEB_GROUP, bind-mounted into the container
-JUPYTER_SOCKET_DIR_MODE = "02750"
+NOTEBOOK_ACCOUNT = "jupyter"                # runs Jupyter and the kernels: no login, no sudo, no SSH key
+JUPYTER_SOCKET_DIR = "/run/jupyter"         # on the server: root:WEB_GROUP, bind-mounted into the container;
+JUPYTER_SOCKET_DIR_MODE = "02750"           # the socket is bound as root there (images/base/start.py)
 JUPYTER_SOCKET = f"{JUPYTER_SOCKET_DIR}/jupyter.sock"
 JUPYTER_TMPFILES = "/etc/tmpfiles.d/appliance-jupyter.conf"  # recreates the socket directory at boot
-NOTEBOOKS_MODE = "0750"
+NOTEBOOKS_MODE = "02770"                    # <user>:NOTEBOOK_ACCOUNT: the operator and Jupyter share them
 
 # Inside the image (images/base/Dockerfile makes these directories; it takes the socket as a build argument).
 IMAGE_NOTEBOOKS = "/home/ds/notebooks"      # the image's notebook directory
 IMAGE_JUPYTER_CONFIG = "/etc/jupyter/jupyter_server_config.py"
 IMAGE_SOCKET_DIR = "/run/jupyter"
 IMAGE_SOCKET = f"{IMAGE_SOCKET_DIR}/jupyter.sock"
+IMAGE_HOME = "/home/ds"                     # HOME in the image: a private tmpfs in the running container
 
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 DOCKER_DATA = "/var/lib/docker"
@@ -68,9 +70,9 @@ def server_paths(user):
     return ["/", ETC, DOCKER_DATA, notebooks_dir(user)]
 
 
-def tmpfiles_line(user):
+def tmpfiles_line():
     """systemd-tmpfiles' line recreating the socket directory at boot (it lives in /run)."""
-    return f"d {JUPYTER_SOCKET_DIR} {int(JUPYTER_SOCKET_DIR_MODE, 8):o} {user} {WEB_GROUP} -\n"
+    return f"d {JUPYTER_SOCKET_DIR} {int(JUPYTER_SOCKET_DIR_MODE, 8):o} root {WEB_GROUP} -\n"
 
 
 def role_vars(user):
@@ -91,6 +93,8 @@ def role_vars(user):
         "web_nginx_service": NGINX,
         "web_auth_service": AUTH_SERVICE,
         "jupyter_user": user,
+        "jupyter_account": NOTEBOOK_ACCOUNT,
+        "jupyter_image_home": IMAGE_HOME,
         "jupyter_web_group": WEB_GROUP,
         "jupyter_container": CONTAINER,
         "jupyter_socket_dir": JUPYTER_SOCKET_DIR,

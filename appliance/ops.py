@@ -177,8 +177,8 @@ def restore(cfg, archive, say=print):
     say(f"{archive}: {len(digests)} files, checksums match")
     directory = layout.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _), open(archive, "rb") as f:
-        r = ssh.remote(target, "restore", directory, cfg.user, layout.CONTAINER, stdin=f, capture_output=True,
-                          text=True)
+        r = ssh.remote(target, "restore", directory, cfg.user, layout.NOTEBOOK_ACCOUNT, layout.CONTAINER,
+                       stdin=f, capture_output=True, text=True)
     if r.returncode != 0:
         raise BackupError("restore on the server failed, its notebooks were left as they were: "
                           f"{ssh.last_line(r.stderr)}")

@@ -74,7 +74,7 @@ def render(cfg, state, out_dir, nginx_version=None):
         ServerFile(layout.NGINX_SITE, public, "root", nginx): env.get_template("nginx-site.conf.j2").render(context),
         ServerFile(layout.JUPYTER_CONFIG, public, "root", jupyter, role="jupyter"):
             env.get_template("jupyter_server_config.py.j2").render(context),
-        ServerFile(layout.JUPYTER_TMPFILES, public, "root", role="jupyter"): layout.tmpfiles_line(cfg.user),
+        ServerFile(layout.JUPYTER_TMPFILES, public, "root", role="jupyter"): layout.tmpfiles_line(),
         ServerFile(layout.AUTH_UNIT, public, "root", auth_service):
             env.get_template("appliance-auth.service.j2").render(context),
         ServerFile(layout.AUTH_SOCKET_UNIT, public, "root", auth_service):

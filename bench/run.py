@@ -94,18 +94,41 @@ def page_load(url, credentials=None, runs=3):
     return {"ms": round(statistics.median(times)), "requests": round(statistics.median(counts))}
 
 
+FORWARDER = """# appliance-bench-forwarder
+import socket, socketserver, threading
+def pump(a, b):
+    while data := a.recv(65536):
+        b.sendall(data)
+    b.shutdown(socket.SHUT_WR)
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect("{socket}")
+        threading.Thread(target=pump, args=(upstream, self.request), daemon=True).start()
+        pump(self.request, upstream)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("127.0.0.1", 18888), Handler).serve_forever()
+"""
+
+
 def browser_figures(state, password):
     appliance = page_load("https://127.0.0.1:8443/lab?reset", {"username": "ds", "password": password})
-    # Jupyter's unix socket, forwarded to this machine through SSH (the only way to reach it from here)
+    # Jupyter's unix socket is open to nginx's group only: a forwarder in the droplet runs as www-data on
+    # its loopback, and SSH brings that port here.
+    forwarder = subprocess.Popen(["docker", "exec", "appliance-droplet", "setpriv", "--reuid=www-data",
+                                  "--regid=www-data", "--init-groups", "python3", "-c",
+                                  FORWARDER.format(socket=layout.JUPYTER_SOCKET)])
     tunnel = subprocess.Popen(["ssh", "-N", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                                "-o", "ExitOnForwardFailure=yes", "-i", str(state / "droplet_ed25519"), "-p", "2222",
-                               "-L", f"127.0.0.1:18888:{layout.JUPYTER_SOCKET}", "ds@127.0.0.1"],
+                               "-L", "127.0.0.1:18888:127.0.0.1:18888", "ds@127.0.0.1"],
                               stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)
         direct = page_load("http://127.0.0.1:18888/lab?reset")
     finally:
         tunnel.terminate()
+        subprocess.run(["docker", "exec", "appliance-droplet", "pkill", "-f", "appliance-bench-forwarder"])
+        forwarder.wait()
     return direct, appliance
 
 

@@ -141,13 +141,20 @@ def test_tls_policy_on_the_droplet(appliance):
 def test_notebook_container_is_hardened(appliance):
     c = json.loads(in_droplet("docker", "inspect", "jupyter"))[0]
     host = c["HostConfig"]
-    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    # only what the entry point needs to bind the socket and become the notebook account (see below)
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["SETGID", "SETUID"]
+    assert host["ReadonlyRootfs"] and set(host["Tmpfs"]) == {"/tmp", "/home/ds"}
     assert "no-new-privileges" in host["SecurityOpt"] and not host["Privileged"]
     assert host["Memory"] > 0 and host["PidsLimit"] > 0
     assert host["RestartPolicy"]["Name"] == "unless-stopped"
     assert not host["PortBindings"] and not c["NetworkSettings"]["Ports"]
     assert not any("docker.sock" in m["Source"] for m in c["Mounts"])
-    assert c["Config"]["User"] not in ("", "0", "root") and not c["Config"]["User"].startswith("0:")
+    account = in_droplet("id", "-u", "jupyter").strip()
+    for pid in in_droplet("docker", "top", "jupyter", "-o", "pid").split()[1:]:  # every process, PID 1 too
+        status = dict(line.split(":\t", 1) for line in in_droplet("cat", f"/proc/{pid}/status").splitlines()
+                      if ":\t" in line)
+        assert status["Uid"].split()[0] == account and status["Gid"].split()[0] != "0", (pid, status["Uid"])
+        assert int(status["CapEff"], 16) == int(status["CapPrm"], 16) == 0 and status["NoNewPrivs"] == "1"
     assert c["State"]["Health"]["Status"] in ("healthy", "starting")
     assert in_droplet("docker", "info", "--format", "{{.LiveRestoreEnabled}}").strip() == "true"
 

@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import ssl
+import stat
 import subprocess
 import sys
 import tarfile
@@ -56,9 +57,11 @@ def backup(directory):
         tar.addfile(info, io.BytesIO(data))
 
 
-def restore(directory, user, container):
-    """Read an archive on stdin into a new directory, check it, then swap it in; the old one is kept."""
-    owner = pwd.getpwnam(user)
+def restore(directory, user, group, container):
+    """Read an archive on stdin into a new directory, check it, then swap it in; the old one is kept.
+
+    As `up` leaves them: owned by user, shared with group (group-writable, directories setgid)."""
+    owner, gid = pwd.getpwnam(user), grp.getgrnam(group).gr_gid
     parent = os.path.dirname(directory.rstrip("/"))
     work = os.path.join(parent, f".restore-{os.getpid()}")
     os.mkdir(work, 0o700)
@@ -83,7 +86,10 @@ def restore(directory, user, container):
         os.makedirs(new, exist_ok=True)
         for root, dirs, files in os.walk(new):
             for name in [root] + [os.path.join(root, f) for f in dirs + files]:
-                os.lchown(name, owner.pw_uid, owner.pw_gid)
+                os.lchown(name, owner.pw_uid, gid)
+                mode = os.lstat(name).st_mode
+                os.chmod(name, mode | (0o2070 if stat.S_ISDIR(mode) else 0o060))
+        os.chmod(new, 0o2770)  # what `up` gives the notebooks directory (layout.NOTEBOOKS_MODE)
         os.sync()
     except ArchiveError as exc:
         shutil.rmtree(work)
