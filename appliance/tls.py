@@ -20,6 +20,7 @@ import secrets
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -58,15 +59,13 @@ def _write_private(path, data):
     os.replace(tmp, path)
 
 
-def _load_key(state, name, password=None):
+def _load_key(state, name):
     data = state.read(name)
     if data is None:
         return None
     try:
-        return serialization.load_pem_private_key(data, password=password)
+        return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        if password is None and b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data:
-            raise
         raise StateError(f"{state.file(name)} is not a PEM private key; move it away to start over") from None
 
 
@@ -78,22 +77,20 @@ def _new_key(state, name):
 
 
 def _load_ca_key(state, ca_cert):
-    """The CA's private key (None when there is none); a key stored in the clear is accepted (older state)."""
+    """(the CA's private key or None, why an encrypted one cannot be read); a key in the clear (older
+    state) is read as it is."""
     data = state.read("ca.key")
     if data is None or b"-----BEGIN ENCRYPTED PRIVATE KEY-----" not in data:
-        return _load_key(state, "ca.key")
+        return _load_key(state, "ca.key"), None
     if ca_cert is None:
-        return None  # nothing to find its passphrase by: a new CA is made
+        return None, None
     passfile = _passphrase_file(ca_cert)
     try:
-        return _load_key(state, "ca.key", passfile.read_bytes())
+        return serialization.load_pem_private_key(data, password=passfile.read_bytes()), None
     except FileNotFoundError:
-        raise StateError(f"{state.file('ca.key')} is encrypted and its passphrase file {passfile} is missing; "
-                         "copy it from the machine that made the CA, or move ca.key and ca.crt away to "
-                         "make a new CA") from None
-    except (ValueError, TypeError, StateError):
-        raise StateError(f"{state.file('ca.key')} cannot be decrypted with {passfile}; move ca.key and ca.crt "
-                         "away to make a new CA") from None
+        return None, f"the passphrase file of its key, {passfile}, is missing"
+    except (ValueError, TypeError):
+        return None, f"its key cannot be decrypted with {passfile}"
 
 
 def _store_ca_key(state, key, ca_cert):
@@ -126,12 +123,8 @@ def _name_constraints(names):
     """Permit each DNS name and each IP address (a single-address network); a kind of name the appliance
     does not use is excluded altogether (a zero-length dNSName, 0.0.0.0/0, ::/0 as the CA/Browser Forum's
     Baseline Requirements say for technically constrained CAs), else it would be unconstrained."""
-    permitted = []
-    for name in names:
-        try:
-            permitted.append(x509.IPAddress(ipaddress.ip_network(name)))
-        except ValueError:
-            permitted.append(x509.DNSName(name))
+    permitted = [x509.IPAddress(ipaddress.ip_network(n.value)) if isinstance(n, x509.IPAddress) else n
+                 for n in _san(names)]
     excluded = [] if any(isinstance(p, x509.DNSName) for p in permitted) else [x509.DNSName("")]
     for everything in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")):
         if not any(isinstance(p, x509.IPAddress) and p.value.version == everything.version for p in permitted):
@@ -158,11 +151,14 @@ def _ca_problem(cert, key, names):
 
 def _ensure_ca(state, names, say):
     cert = _load_cert(state, "ca.crt")
-    key = _load_ca_key(state, cert)
-    if cert is not None and key is not None:
-        why = _ca_problem(cert, key, names)
+    key, why = _load_ca_key(state, cert)
+    if cert is not None:
+        if key is not None:
+            why = _ca_problem(cert, key, names)
+        elif why is None:
+            why = "ca.key is missing"
         if why is None:
-            if b"ENCRYPTED" not in state.read("ca.key"):
+            if b"ENCRYPTED" not in state.read("ca.key"):  # kept from before: encrypt it now
                 _store_ca_key(state, key, cert)
             return key, cert
         say(f"The private CA of {names[0]} was replaced because {why}: import {state.file('ca.crt')} into "
@@ -201,7 +197,7 @@ def _current(cert, ca_cert, names):
     try:
         cert.verify_directly_issued_by(ca_cert)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, TypeError, x509.InvalidSignature, x509.ExtensionNotFound):
+    except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
     return set(san) == set(_san(names)) and cert.not_valid_after_utc - _now() > RENEW_BEFORE
 
