@@ -202,7 +202,8 @@ def connect(cfg, state, create=False, say=print):
         pin_host_key(state, host, port, cfg.ssh_host_key_fingerprint)
     with tempfile.TemporaryDirectory(prefix="appliance-") as work:
         os.chmod(work, 0o700)
-        target = Target(host, port, login, key, str(known_hosts), work, strict=bool(cfg.ssh_host_key_fingerprint))
+        target = Target(host, port, login, key, str(known_hosts), work,
+                        strict=bool(cfg.ssh_host_key_fingerprint))
         check_reachable(target)
         try:
             yield target, pubkey, work

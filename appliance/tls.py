@@ -10,7 +10,7 @@ an IP address only itself), and its extended key usage is TLS server only.
 When the names change, the CA is replaced by one with a new key (an old CA
 certificate with the same key would otherwise stay valid in browsers), and the
 user imports it again. Its key is kept encrypted in the state directory; the
-random passphrase lives outside it, in CA_PASSPHRASES (0600), named by the
+random passphrase lives outside it (passphrase_dir(), 0600), named by the
 CA's key identifier.
 """
 import datetime
