@@ -35,6 +35,8 @@ def _target_flags(p, server=True):
         g.add_argument("--ssh-user", help="SSH login (default root; e.g. ubuntu with sudo on EC2)")
         g.add_argument("--ssh-port", type=int, help="SSH port (default 22)")
         g.add_argument("--ssh-key", metavar="PATH", help="private key for SSH")
+        g.add_argument("--ssh-host-key-fingerprint", metavar="SHA256:...", help="the server's SSH host key "
+                       "fingerprint: pinned on first contact instead of trusting whatever key answers")
         g.add_argument("--image", help="notebook image (default scipy)")
 
 
@@ -108,7 +110,8 @@ def parser():
 
 def _config(args):
     fields = {f: getattr(args, f, None) for f in ("host", "domain", "user", "password_file", "state_dir",
-                                                  "ssh_user", "ssh_port", "ssh_key", "image")}
+                                                  "ssh_user", "ssh_port", "ssh_key", "image",
+                                                  "ssh_host_key_fingerprint")}
     return config.load(fields, config_file=getattr(args, "config", None))
 
 

@@ -22,6 +22,7 @@ _USER = re.compile(r"^[a-z_][a-z0-9_-]*$")
 _TZ = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _SIZE = re.compile(r"^[0-9]+[kmg]?$")
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # as OpenSSH prints it; matched whole
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Config:
     ssh_user: str = "root"
     ssh_port: int = 22
     ssh_key: str | None = None
+    ssh_host_key_fingerprint: str | None = None  # SHA256:... of the server's host key, pinned on first contact
     image: str = "scipy"
     password_file: str | None = None
     timezone: str = "UTC"
@@ -111,6 +113,9 @@ def _check(cfg):
         changes["domain"] = validate_hostname(cfg.domain, "domain")
     for name in ("ssh_port", "http_port", "https_port", "public_https_port"):
         validate_port(getattr(cfg, name), name.replace("_", " "))
+    if cfg.ssh_host_key_fingerprint is not None and not _FINGERPRINT.fullmatch(cfg.ssh_host_key_fingerprint):
+        raise ConfigError(f"SSH host key fingerprint {cfg.ssh_host_key_fingerprint!r} is not like SHA256:<43 "
+                          "base64 characters> (ssh-keygen -lf prints it)")
     if not _TZ.match(cfg.timezone) or ".." in cfg.timezone:
         raise ConfigError(f"timezone {cfg.timezone!r} is not a time zone name like UTC or Europe/Paris")
     if not _IMAGE.match(cfg.image):

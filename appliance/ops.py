@@ -80,6 +80,7 @@ def _report(cfg, facts):
     if cert:
         lines.append(f"  certificate: expires {cert['expires'][:10]} ({cert['days_left']} days), "
                      f"SHA-256 {cert['sha256']}")
+    lines.append(f"  ssh host key: {', '.join(facts['ssh_host_keys']) or 'none pinned'}")
     for d in facts["disks"]:
         lines.append(f"  disk {d['path']}: {d['free'] / 1e9:.1f} GB free of {d['size'] / 1e9:.1f} GB"
                      + ("  LOW" if d["low"] else ""))
@@ -92,9 +93,10 @@ def _report(cfg, facts):
 
 def status(cfg, as_json=False, say=print):
     """Print the appliance's state; returns 0 only when it is healthy."""
-    with session(cfg, say) as (target, _):
+    with session(cfg, say) as (target, state):
         facts = ssh.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
                                    f"{layout.AUTH_SERVICE}.socket", *layout.server_paths(cfg.user))
+    facts["ssh_host_keys"] = ssh.pinned_host_keys(state)
     pem = facts.pop("certificate_pem")
     facts["certificate"] = None
     if pem:

@@ -2,8 +2,15 @@
 operator's login, and running the server-side helper (appliance/server/remote.py) there.
 
 The local droplet is reached the same way; `connect` creates or starts it when asked.
+
+Host keys: without a given fingerprint the first key that answers is trusted and kept
+(StrictHostKeyChecking=accept-new); with --ssh-host-key-fingerprint only a key with that fingerprint
+is written into the target's known_hosts, and SSH then accepts nothing else.
 """
+import base64
+import binascii
 import contextlib
+import hashlib
 import json
 import os
 import shlex
@@ -20,13 +27,15 @@ DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
 class Target:
     """How to reach one server over SSH."""
 
-    def __init__(self, host, port, user, key, known_hosts, control_dir):
+    def __init__(self, host, port, user, key, known_hosts, control_dir, strict=False):
         self.host, self.port, self.user, self.key = host, port, user, key
         self.known_hosts, self.control_dir = known_hosts, control_dir
+        self.strict = strict  # only the host keys already in known_hosts (a pinned fingerprint)
 
     def ssh_options(self):
+        checking = "yes" if self.strict else "accept-new"
         opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15", "-o", "ServerAliveInterval=15",
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=accept-new",
+                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", f"StrictHostKeyChecking={checking}",
                 "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
                 "-o", f"ControlPath={self.control_dir}/%C"]
         if self.key:
@@ -90,6 +99,52 @@ def check_reachable(target):
     raise DeployError(f"cannot reach {where} over SSH: {err}")
 
 
+def host_key_fingerprint(blob):
+    """SHA256:... of a host key (its base64 blob) as OpenSSH prints it: base64 of the blob's SHA-256, unpadded."""
+    digest = hashlib.sha256(base64.b64decode(blob, validate=True)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _host_keys(text):
+    """(line, key type, fingerprint) of each host key line of known_hosts or ssh-keyscan output."""
+    found = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or parts[0].startswith(("#", "@")):
+            continue
+        try:
+            found.append((line, parts[1], host_key_fingerprint(parts[2])))
+        except (ValueError, binascii.Error):
+            continue
+    return found
+
+
+def pinned_host_keys(state):
+    """'TYPE SHA256:...' of each host key the target's known_hosts holds."""
+    return [f"{kind} {fp}" for _, kind, fp in _host_keys((state.read("known_hosts") or b"").decode())]
+
+
+def pin_host_key(state, host, port, fingerprint):
+    """Trust only a host key with this fingerprint: on first contact fetch the server's keys and keep the one
+    that matches (nothing is written when none does); later, the kept keys must include it."""
+    kept = _host_keys((state.read("known_hosts") or b"").decode())
+    if kept:
+        if fingerprint not in (fp for _, _, fp in kept):
+            raise DeployError(f"{state.known_hosts} pins {', '.join(fp for _, _, fp in kept)}, not the given "
+                              f"{fingerprint}; if the server was rebuilt, remove that file")
+        return
+    r = subprocess.run(["ssh-keyscan", "-T", "15", "-p", str(port), host], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=60)
+    offered = _host_keys(r.stdout)
+    if not offered:
+        raise DeployError(f"no SSH host key from {host}:{port} (ssh-keyscan: {last_line(r.stderr)})")
+    match = [line for line, _, fp in offered if fp == fingerprint]
+    if not match:
+        raise DeployError(f"the SSH host key of {host}:{port} is {', '.join(fp for _, _, fp in offered)}, not "
+                          f"the given {fingerprint}: nothing was trusted")
+    state.write("known_hosts", match[0] + "\n")
+
+
 def operator_login(target, user, state):
     """Switch to the operator user once its key login and sudo are proven to work.
 
@@ -98,7 +153,8 @@ def operator_login(target, user, state):
     """
     if target.user == user:
         return target
-    operator = Target(target.host, target.port, user, target.key, target.known_hosts, target.control_dir)
+    operator = Target(target.host, target.port, user, target.key, target.known_hosts, target.control_dir,
+                      target.strict)
     r = operator.ssh("sudo -n true", capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     if r.returncode != 0:
         raise DeployError(f"cannot log in as {user} with sudo after creating it ({r.stderr.strip()[-200:]}); "
@@ -142,9 +198,12 @@ def connect(cfg, state, create=False, say=print):
         known_hosts.unlink(missing_ok=True)
         state.set_login(None)
     login = state.login() or user
+    if cfg.ssh_host_key_fingerprint:
+        pin_host_key(state, host, port, cfg.ssh_host_key_fingerprint)
     with tempfile.TemporaryDirectory(prefix="appliance-") as work:
         os.chmod(work, 0o700)
-        target = Target(host, port, login, key, str(known_hosts), work)
+        target = Target(host, port, login, key, str(known_hosts), work,
+                        strict=bool(cfg.ssh_host_key_fingerprint))
         check_reachable(target)
         try:
             yield target, pubkey, work

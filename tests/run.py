@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 from appliance import bootstrap  # noqa: E402
 from appliance.errors import ApplianceError  # noqa: E402
 
-DEBIAN_PACKAGES = ["nginx", "apache2-utils", "openssl", "debootstrap", "chromium", "openssh-client", "python3-bcrypt"]
+DEBIAN_PACKAGES = ["nginx", "apache2-utils", "openssl", "debootstrap", "chromium", "openssh-client", "openssh-server",
+                   "python3-bcrypt"]
 
 if __name__ == "__main__":
     try:

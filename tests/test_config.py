@@ -9,6 +9,12 @@ from appliance import auth, config, layout, render, tls
 from appliance.errors import ConfigError, StateError
 from appliance.state import State
 
+@pytest.fixture(autouse=True)
+def ca_passphrases(tmp_path, monkeypatch):
+    """The CA key's passphrase file goes under XDG_CONFIG_HOME: keep the tests' out of the real home."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
 HOSTILE_DOMAINS = ["x.com; return 301 http://evil", "a{b}.com", "x.com\nlisten 81", "x .com", "-x.com",
                    "x..com", "a" * 64 + ".com", "*.example.com", "évil.com", ""]
 
@@ -107,8 +113,10 @@ def test_certificate_follows_names(tmp_path):
     before = _snapshot(state)
     _render(tmp_path, tmp_path / "o", env={}, domain="nb.example.org")
     after = _snapshot(state)
-    assert after["ca.key"] == before["ca.key"] and after["server.key"] == before["server.key"]
-    assert after["server.crt"] != before["server.crt"]
+    # a new name needs a CA whose name constraints permit it: a new CA key (the old CA, still trusted by
+    # browsers, must not be able to sign for the new name); the server keeps its key
+    assert after["ca.key"] != before["ca.key"] and after["ca.crt"] != before["ca.crt"]
+    assert after["server.key"] == before["server.key"] and after["server.crt"] != before["server.crt"]
     cert = tls.ensure(state, ("nb.example.org", "192.0.2.1"))
     assert tls.fingerprint(cert).count(":") == 31
 
