@@ -1,7 +1,7 @@
 """The rendered site in a real nginx in front of a real Jupyter Server.
 
 Paths of the rendered files are rebased onto a temporary directory and the
-ports moved to 18080/18443 on 127.0.0.1; everything else is what the server
+ports moved to free ones on 127.0.0.1; everything else is what the server
 gets.
 """
 import base64
@@ -23,7 +23,13 @@ import jupyter_api
 from appliance import config, layout, render
 from appliance.server import authd
 
-HTTP, HTTPS = 18080, 18443
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HTTP, HTTPS = _free_port(), _free_port()  # free ones: several runs may share this machine
 PASSWORD = "nginx test password"
 pytestmark = pytest.mark.skipif(not shutil.which("nginx"), reason="needs Debian's nginx (tests/run.py installs it)")
 
