@@ -39,6 +39,13 @@ def nginx_version(target):
     return tuple(int(n) for n in found.groups()) if found else None
 
 
+def role_inputs(cfg):
+    """What every role takes from the layout and cfg; the firewall opens the ports sshd and nginx listen on
+    (for the local droplet those inside it: 127.0.0.1:2222 and the like are Docker's publishes here)."""
+    ssh_port = 22 if cfg.is_local else cfg.ssh_port
+    return {**layout.role_vars(cfg.user), "hardening_allowed_tcp": sorted({ssh_port, cfg.http_port, cfg.https_port})}
+
+
 def up(cfg, ca_bundle=None, say=print):
     """Provision cfg's target; returns the number of changes made."""
     if not shutil.which("ssh"):
@@ -51,7 +58,7 @@ def up(cfg, ca_bundle=None, say=print):
         check_disk(target, cfg.user)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=state.packages(), say=say)
         extravars = {
-            **layout.role_vars(cfg.user),
+            **role_inputs(cfg),
             "base_ssh_pubkey": pubkey,
             "base_timezone": cfg.timezone,
             "base_swap_mb": cfg.swap_mb,

@@ -9,15 +9,16 @@ build arguments because they cannot import this package there.
 ETC = "/etc/appliance"                      # the appliance's configuration
 ETC_MODE = "0755"
 TLS_DIR = f"{ETC}/tls"
-TLS_DIR_MODE = "0750"                       # root:WEB_GROUP
+TLS_DIR_MODE = "0750"                       # root:root: only nginx's master (root) reads the key
 TLS_CERT = f"{TLS_DIR}/server.crt"
 TLS_KEY = f"{TLS_DIR}/server.key"
 CA_CERT = f"{TLS_DIR}/ca.crt"
+TLS_KEY_MODE = "0600"                       # root:root
 HTPASSWD = f"{ETC}/htpasswd"
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 
 FILE_MODE = "0644"                          # root-owned, readable by all
-SECRET_MODE = "0640"                        # root:WEB_GROUP: nginx and the login verifier read it, nobody else
+SECRET_MODE = "0640"                        # root:WEB_GROUP: the login verifier reads it, nobody else
 WEB_GROUP = "www-data"                      # nginx's workers and the login verifier run in it
 
 NGINX = "nginx"                             # the web server's systemd unit
@@ -85,7 +86,7 @@ def role_vars(user):
         "docker_daemon_json": DOCKER_DAEMON_JSON,
         "web_group": WEB_GROUP,
         "web_dirs": [{"path": ETC, "group": "root", "mode": ETC_MODE},
-                     {"path": TLS_DIR, "group": WEB_GROUP, "mode": TLS_DIR_MODE},
+                     {"path": TLS_DIR, "group": "root", "mode": TLS_DIR_MODE},
                      {"path": LIB, "group": "root", "mode": LIB_MODE}],
         "web_nginx_site": NGINX_SITE,
         "web_nginx_site_link": NGINX_SITE_LINK,

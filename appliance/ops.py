@@ -143,12 +143,19 @@ def _check_archive(path):
 def backup(cfg, out, say=print):
     """Stream the notebooks into a local tar.gz (0600), check it, then give it its name."""
     out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    for path in (out, partial):  # writing through a link would write wherever it points
+        if path.is_symlink():
+            raise BackupError(f"{path} is a symbolic link; give the name of a new or regular file")
     if out.is_dir():
         raise BackupError(f"{out} is a directory; give a file name like notebooks.tar.gz")
-    partial = out.with_name(out.name + ".partial")
     directory = layout.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _):
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial.unlink(missing_ok=True)  # a stale one from an interrupted run; O_EXCL below refuses any other
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise BackupError(f"cannot create {partial}: {exc.strerror}") from None
         with os.fdopen(fd, "wb") as f:
             started, received, shown = time.monotonic(), 0, 0.0
             proc = subprocess.Popen(target.argv(target.sudo(ssh.remote_command("backup", directory))),

@@ -83,7 +83,7 @@ def render(cfg, state, out_dir, nginx_version=None):
             (Path(__file__).parent / "server" / "authd.py").read_bytes(),
         ServerFile(layout.TLS_CERT, public, "root", nginx): state.read("server.crt"),
         ServerFile(layout.CA_CERT, public, "root"): state.read("ca.crt"),
-        ServerFile(layout.TLS_KEY, secret, web, nginx, secret=True): state.read("server.key"),
+        ServerFile(layout.TLS_KEY, layout.TLS_KEY_MODE, "root", nginx, secret=True): state.read("server.key"),
         ServerFile(layout.HTPASSWD, secret, web, secret=True): state.read("htpasswd"),  # authd re-reads it itself
     }
     out_dir = Path(out_dir)

@@ -24,6 +24,12 @@ def write(path, text):
     return str(path)
 
 
+def link(path, target):
+    target.write_text("the user's file")
+    path.symlink_to(target)
+    return str(path)
+
+
 CASES = [  # (name, argv after provision.py, extra env, expected text in the error)
     ("domain with ;", ["render", "--host", "192.0.2.1", "--domain", "x.com; return 301 http://evil"], {},
      "not a valid DNS name"),
@@ -58,6 +64,10 @@ CASES = [  # (name, argv after provision.py, extra env, expected text in the err
     ("restore of a missing archive", ["restore", "/nonexistent/backup.tar.gz"], {}, "cannot read"),
     ("restore of a file that is not a backup", ["restore", "{not_a_key}"], {}, "damaged or not a backup"),
     ("backup into a directory", ["backup", "--out", "/tmp"], {}, "is a directory"),
+    ("backup through a symlink", ["backup", "--out", "{link}", "--host", "127.0.0.1", "--ssh-port", "{closed}",
+                                  "--ssh-key", "{key}"], {}, "is a symbolic link"),
+    ("backup whose .partial is a symlink", ["backup", "--out", "{partial_link}", "--host", "127.0.0.1",
+                                            "--ssh-port", "{closed}", "--ssh-key", "{key}"], {}, "is a symbolic link"),
     ("rebuild with a package with shell text", ["rebuild", "--host", "127.0.0.1", "--package", "x==1 && reboot"],
      {}, "package requirement"),
     ("status of a host refusing SSH", ["status", "--host", "127.0.0.1", "--ssh-port", "{closed}", "--ssh-key",
@@ -79,7 +89,10 @@ def test_hostile_input_is_one_clear_line(name, argv, env, expected, tmp_path, re
     values = {"pw_newline": write(tmp_path / "pw", "two\nlines of password\n"), "closed": str(closed_port()),
               "key": str(key), "not_a_key": write(tmp_path / "nokey", "hello"),
               "bad_config": write(tmp_path / "bad.toml", 'ssh_port = "twenty-two"\n'),
-              "not_toml": write(tmp_path / "x.toml", "host = \n")}
+              "not_toml": write(tmp_path / "x.toml", "host = \n"),
+              "link": link(tmp_path / "backup.tar.gz", tmp_path / "victim"),
+              "partial_link": str(Path(link(tmp_path / "b2.tar.gz.partial", tmp_path / "victim"))
+                                  .with_name("b2.tar.gz"))}
     argv = [a.format(**values) if a.startswith("{") else a for a in argv]
     if argv[0] in ("render", "up", "rebuild", "status"):
         argv += ["--state-dir", str(state)]
@@ -96,6 +109,8 @@ def test_hostile_input_is_one_clear_line(name, argv, env, expected, tmp_path, re
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert len(errors) == 1 and expected in errors[0], r.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written
+    if (tmp_path / "victim").exists():
+        assert (tmp_path / "victim").read_text() == "the user's file"
 
 
 def test_taken_port_for_the_local_droplet(monkeypatch):

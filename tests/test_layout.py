@@ -4,9 +4,10 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from appliance import config, layout, render
+from appliance import config, deploy, layout, render
 
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("managed_files", ROOT / "ansible/filter_plugins/managed_files.py")
@@ -74,3 +75,46 @@ def test_image_makes_the_layouts_directories():
     assert re.search(rf"mkdir -p .*{re.escape(layout.IMAGE_SOCKET_DIR)}\b", dockerfile)
     user = re.search(r"^ARG NB_USER=(\S+)$", dockerfile, re.M)[1]
     assert layout.IMAGE_NOTEBOOKS == f"/home/{user}/notebooks"
+
+
+def test_secret_files_modes(tmp_path):
+    cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
+    state, _, _ = render.prepare(cfg, interactive=False, env={"APPLIANCE_PASSWORD": "a long test password"})
+    by_path = {f.path: f for f in render.render(cfg, state, tmp_path / "out")}
+    assert (by_path[layout.TLS_KEY].mode, by_path[layout.TLS_KEY].group) == ("0600", "root")  # nginx's master
+    assert (by_path[layout.HTPASSWD].mode, by_path[layout.HTPASSWD].group) == ("0640", layout.WEB_GROUP)  # authd
+    tls_dir = next(d for d in layout.role_vars("ds")["web_dirs"] if d["path"] == layout.TLS_DIR)
+    assert tls_dir["group"] == "root"
+
+
+UFW_HEAD = ("Status: active\nDefault: deny (incoming), allow (outgoing), deny (routed)\n\n"
+            "To                         Action      From\n--                         ------      ----\n")
+
+
+def _allow_task_runs(ports, status):
+    """Whether the hardening role's allow task runs for these ports and this `ufw status verbose`, evaluated by
+    Ansible's own templating (nothing is applied to this machine)."""
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+    tasks = yaml.safe_load((ROOT / "ansible/roles/hardening/tasks/main.yml").read_text())
+    task = next(t for t in tasks if t.get("community.general.ufw", {}).get("rule") == "allow")
+    assert task["loop"] == "{{ hardening_allowed_tcp }}" and task["community.general.ufw"]["port"] == "{{ item }}"
+    templar = Templar(loader=DataLoader(), variables={"hardening_allowed_tcp": ports,
+                                                      "hardening_ufw": {"stdout_lines": status.splitlines()}})
+    return templar.template(trust_as_template("{{ " + task["when"] + " }}"))
+
+
+@pytest.mark.parametrize("flags, ports", [
+    ({"host": "192.0.2.1", "ssh_port": 2200}, [80, 443, 2200]),
+    ({"host": "192.0.2.1", "ssh_port": 2200, "http_port": 8080, "https_port": 8443}, [2200, 8080, 8443]),
+    ({"host": "local"}, [22, 80, 443]),  # inside the droplet; 127.0.0.1:2222 is Docker's publish here
+])
+def test_firewall_opens_the_configured_ports(flags, ports, tmp_path):
+    cfg = config.load({**flags, "state_dir": str(tmp_path)}, env={})
+    extravars = deploy.role_inputs(cfg)
+    assert extravars["hardening_allowed_tcp"] == ports
+    allowed = "".join(f"{p}/tcp                    ALLOW IN    Anywhere\n" for p in (22, 80, 443))
+    assert _allow_task_runs(ports, "Status: inactive\n")  # a fresh server
+    assert _allow_task_runs(ports, UFW_HEAD + allowed) == (ports != [22, 80, 443])  # 22/80/443 open, 2200 not
+    opened = "".join(f"{p}/tcp                    ALLOW IN    Anywhere\n" for p in ports)
+    assert not _allow_task_runs(ports, UFW_HEAD + opened)  # all there: nothing to do

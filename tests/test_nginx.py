@@ -218,3 +218,63 @@ def test_new_password_ends_old_sessions(site):
     finally:
         htpasswd.write_bytes(old)
     assert s.get(f"{site['url']}/api/status").status_code == 200
+
+
+def _get(site, path, password=None, source="127.0.0.1", port=HTTPS):
+    """(status, headers) of one GET; headers an http.client message: get_all() shows any duplicate."""
+    if port == HTTPS:
+        ctx = ssl.create_default_context(cafile=site["ca"])
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, source_address=(source, 0), timeout=30)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, source_address=(source, 0), timeout=30)
+    try:
+        token = base64.b64encode(f"{site['cfg'].user}:{password}".encode()).decode()
+        headers = {"Authorization": f"Basic {token}", "Cookie": "_xsrf=t", "X-XSRFToken": "t"}  # as JupyterLab
+        conn.request("GET", path, headers=headers if password else {})
+        r = conn.getresponse()
+        r.read()
+        return r.status, r.msg
+    finally:
+        conn.close()
+
+
+def test_security_headers_on_every_response(site):
+    """Each once, on nginx's own answers (redirect, login, throttling, errors) and on Jupyter's, whose own
+    Content-Security-Policy (frame-ancestors 'self', a sandbox on users' files) is kept as it is."""
+    r = _session(site).put(f"{site['url']}/api/contents/page.html",
+                           json={"type": "file", "format": "text", "content": "<p>hi</p>"})
+    assert r.status_code in (200, 201)
+    for _ in range(authd.FAIL_LIMIT + 1):
+        throttled = _get(site, "/api/status", "wrong guess", source="127.0.0.7")
+    answers = {
+        "308 from port 80": (_get(site, "/lab", port=HTTP), 308, "nginx"),
+        "401 without a login": (_get(site, "/api/status"), 401, "nginx"),
+        "401 wrong password": (_get(site, "/lab", "wrong password", source="127.0.0.6"), 401, "nginx"),
+        "429 throttled": (throttled, 429, "nginx"),
+        "404 from nginx": (_get(site, "/_appliance_auth", PASSWORD), 404, "nginx"),
+        "200 from Jupyter": (_get(site, "/api/status", PASSWORD), 200, "jupyter"),
+        "404 Jupyter's page": (_get(site, "/no-such-page", PASSWORD), 404, "jupyter"),
+        "200 a user's file": (_get(site, "/files/page.html", PASSWORD), 200, "files"),
+        "404 from Jupyter": (_get(site, "/api/contents/nope.ipynb", PASSWORD), 404, "jupyter"),
+    }
+    for what, ((status, headers), expected, source) in answers.items():
+        assert status == expected, what
+        assert headers.get_all("Strict-Transport-Security") == ["max-age=63072000"], what
+        assert headers.get_all("X-Content-Type-Options") == ["nosniff"], what
+        assert headers.get_all("Referrer-Policy") == ["same-origin"], what
+        csp, frames = headers.get_all("Content-Security-Policy") or [], headers.get_all("X-Frame-Options")
+        assert len(csp) == 1 and csp[0].count("frame-ancestors") == 1, (what, csp)
+        if source == "nginx":
+            assert (csp, frames) == (["frame-ancestors 'none'"], ["DENY"]), what
+        else:
+            assert csp[0].startswith("frame-ancestors 'self'") and frames == ["SAMEORIGIN"], (what, csp)
+            assert ("sandbox" in csp[0]) == (source == "files"), (what, csp)
+
+
+def test_xsrf_cookie_is_secure(site):
+    s = requests.Session()
+    s.trust_env, s.verify, s.auth = False, site["ca"], (site["cfg"].user, PASSWORD)
+    r = s.get(f"{site['url']}/lab")  # a page (its 404 if JupyterLab is not installed here) sets the cookie
+    cookies = [c for c in r.raw.headers.getlist("Set-Cookie") if c.startswith("_xsrf=")]
+    assert cookies, r.headers
+    assert all("secure" in [a.strip().lower() for a in c.split(";")] for c in cookies), cookies

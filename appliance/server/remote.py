@@ -28,29 +28,55 @@ if __name__ != "__main__":  # imported on the operator's machine; on the server 
 LOW_DISK = 1 << 30  # free space below min(1 GiB, 10% of the filesystem) is "low"
 
 
+def _add_tree(tar, dir_fd, arc, lines):
+    """Add the directory open at dir_fd and everything under it. Each name is opened relative to its
+    parent's descriptor with O_NOFOLLOW and checked with fstat, so a directory or file swapped for a
+    symlink while the walk runs (as root) cannot lead it out of the notebooks."""
+    st = os.fstat(dir_fd)
+    info = tarfile.TarInfo(arc)
+    info.type, info.mode, info.mtime = tarfile.DIRTYPE, stat.S_IMODE(st.st_mode), int(st.st_mtime)
+    tar.addfile(info)
+    for name in sorted(os.listdir(dir_fd)):
+        try:
+            kind = stat.S_IFMT(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            flags = os.O_DIRECTORY if kind == stat.S_IFDIR else os.O_NONBLOCK  # a FIFO must not block
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | flags, dir_fd=dir_fd) \
+                if kind in (stat.S_IFDIR, stat.S_IFREG) else None
+        except OSError:  # gone, or turned into a symlink (ELOOP) since it was listed
+            fd = None
+        st = os.fstat(fd) if fd is not None else None
+        if st is None or stat.S_IFMT(st.st_mode) != kind:
+            print(f"skipped (not a regular file or directory): {arc}/{name}", file=sys.stderr)
+        elif kind == stat.S_IFDIR:
+            _add_tree(tar, fd, f"{arc}/{name}", lines)
+        else:
+            with os.fdopen(fd, "rb") as f:
+                fd = None
+                info = tarfile.TarInfo(f"{arc}/{name}")
+                info.size, info.mode, info.mtime = st.st_size, stat.S_IMODE(st.st_mode), int(st.st_mtime)
+                reader = Hashing(f)
+                try:
+                    tar.addfile(info, reader)
+                except OSError:
+                    raise SystemExit(f"{arc}/{name} changed while it was being saved; run backup again") from None
+            lines.append(f"{reader.h.hexdigest()}  {arc}/{name}\n")
+        if fd is not None:
+            os.close(fd)
+
+
 def backup(directory):
     """Write a tar.gz of directory to stdout, checksums last; nothing is copied on the server's disk."""
+    try:
+        top = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise SystemExit(f"cannot read {directory}: {exc.strerror}") from None
     lines = []
     with gzip.GzipFile(fileobj=sys.stdout.buffer, mode="wb", compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w|") as tar:
-        for root, dirs, files in os.walk(directory):
-            dirs.sort()
-            rel = os.path.relpath(root, directory)
-            arc = TOP if rel == "." else f"{TOP}/{rel}"
-            tar.add(root, arcname=arc, recursive=False)
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                if not os.path.isfile(path) or os.path.islink(path):
-                    print(f"skipped (not a regular file): {arc}/{name}", file=sys.stderr)
-                    continue
-                with open(path, "rb") as f:
-                    info = tar.gettarinfo(arcname=f"{arc}/{name}", fileobj=f)
-                    reader = Hashing(f)
-                    try:
-                        tar.addfile(info, reader)
-                    except OSError:
-                        raise SystemExit(f"{path} changed while it was being saved; run backup again") from None
-                lines.append(f"{reader.h.hexdigest()}  {arc}/{name}\n")
+        try:
+            _add_tree(tar, top, TOP, lines)
+        finally:
+            os.close(top)
         data = "".join(lines).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
