@@ -1,5 +1,8 @@
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -11,3 +14,9 @@ pytest_plugins = ["fixtures_docker",  # Docker engine, base image, built images,
 def pytest_collection_modifyitems(items):
     """The newcomer's first run goes first, on an engine nothing else has prepared (stable sort)."""
     items.sort(key=lambda item: item.path.name != "test_first_run.py")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_config_home(tmp_path_factory):
+    """provision.py keeps the CA passphrases under $XDG_CONFIG_HOME: the tests' go to a temporary one."""
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
