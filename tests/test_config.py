@@ -1,8 +1,12 @@
 """Validation, config sources and the state directory: fast unit tests."""
 import dataclasses
 import os
+import shutil
+import socket
 import stat
 import subprocess
+import tempfile
+import time
 
 import pytest
 from passlib.apache import HtpasswdFile
@@ -194,28 +198,53 @@ def test_template_context_values_all_have_a_grammar():
     assert set(render.template_context(cfg)) <= set(render.GRAMMAR) | set(render.PORTS) | {"http2_directive"}
 
 
-class HereTarget(ssh.Target):
-    """This machine as the server: the command up sends runs here, against this machine's real passwd."""
-
-    def ssh(self, command, **kwargs):
-        return subprocess.run(["sh", "-c", command], **kwargs)
+@pytest.fixture
+def server(tmp_path):
+    """A Target reaching this machine through a real sshd on a free loopback port (its own host key and
+    authorized key, nothing of the machine's SSH setup used or changed)."""
+    if not os.path.exists("/usr/sbin/sshd") or not os.path.isdir("/run/sshd") or os.geteuid() != 0:
+        pytest.skip("needs root, OpenSSH's sshd and /run/sshd")
+    for name in ("host_key", "id_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "id_ed25519.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null", "-p", str(port),
+                             "-h", str(tmp_path / "host_key"), "-o", "ListenAddress=127.0.0.1",
+                             "-o", f"AuthorizedKeysFile={tmp_path / 'authorized_keys'}", "-o", "StrictModes=no",
+                             "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no", "-o", "PidFile=none"],
+                            stderr=subprocess.DEVNULL)
+    control = tempfile.mkdtemp(prefix="ssh-")  # short: a socket path holds at most 107 bytes
+    try:
+        target = ssh.Target("127.0.0.1", port, "root", str(tmp_path / "id_ed25519"),
+                            str(tmp_path / "known_hosts"), control)
+        deadline = time.monotonic() + 10
+        while target.ssh("true", capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "sshd did not answer"
+            time.sleep(0.1)
+        yield target
+    finally:
+        target.close()
+        sshd.terminate()
+        sshd.wait(10)
+        shutil.rmtree(control, ignore_errors=True)
 
 
 @pytest.mark.parametrize("user", ["www-data", "nobody", "root"])
-def test_up_refuses_a_system_account_of_the_server(tmp_path, user):
-    with pytest.raises(DeployError, match=f"'{user}' is a system account on here .uid [0-9]+.; choose another"):
-        ssh.refuse_system_account(HereTarget("here", 22, "root", None, "", str(tmp_path)), user)
+def test_up_refuses_a_system_account_of_the_server(server, user):
+    with pytest.raises(DeployError, match=f"'{user}' is a system account on 127.0.0.1 .uid [0-9]+.; choose"):
+        ssh.refuse_system_account(server, user)
 
 
-def test_up_refuses_a_system_account_only_the_server_has(tmp_path):
-    """A package's system user (not in base-passwd) is found on the server itself."""
-    target = HereTarget("here", 22, "root", None, "", str(tmp_path))
-    extra = [line.split(":") for line in subprocess.run(["getent", "passwd"], capture_output=True, text=True)
-             .stdout.splitlines()]
-    extra = [f[0] for f in extra if int(f[2]) < 1000 and f[0] not in config.SYSTEM_USERS
+def test_up_refuses_a_system_account_only_the_server_has(server):
+    """A package's system user (not in the built-in list) is found on the server itself; a new name passes."""
+    entries = [line.split(":") for line in subprocess.run(["getent", "passwd"], capture_output=True, text=True)
+               .stdout.splitlines()]
+    extra = [f[0] for f in entries if int(f[2]) < 1000 and f[0] not in config.SYSTEM_USERS
              and config._USER.fullmatch(f[0])]
     if not extra:
         pytest.skip("this machine has no system account outside the built-in list")
-    with pytest.raises(DeployError, match="is a system account"):
-        ssh.refuse_system_account(target, extra[0])
-    assert ssh.refuse_system_account(target, "nosuchuser13") is None  # a new name: up creates it
+    with pytest.raises(DeployError, match=f"'{extra[0]}' is a system account"):
+        ssh.refuse_system_account(server, extra[0])
+    assert ssh.refuse_system_account(server, "nosuchuser13") is None  # a new name: up creates it
