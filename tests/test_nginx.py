@@ -235,13 +235,13 @@ HOSTILE_HOST = "::1%x;satisfy any;allow all;#"  # an IPv6 "zone id" that is ngin
 def _unauthenticated_status(site, host, source):
     """What a host value from `source` (flag, config file or environment) leads to: "refused: <error>" when
     validation refuses it, else the status of /api/status asked with no login of the site it renders,
-    served by a real nginx (on other ports) in front of the fixture's Jupyter and verifier."""
+    served by a real nginx (on ports of its own) in front of the fixture's Jupyter and verifier."""
     base = Path(tempfile.mkdtemp(prefix="appliance-hostile-"))
     os.chmod(base, 0o755)
     toml = base / "c.toml"
     toml.write_text(f"host = {json.dumps(host)}\n")
-    flags = {"state_dir": str(base / "state"), "http_port": HTTP + 1, "https_port": HTTPS + 1,
-             "public_https_port": HTTPS + 1}
+    http, https = _free_port(), _free_port()
+    flags = {"state_dir": str(base / "state"), "http_port": http, "https_port": https, "public_https_port": https}
     nginx = None
     try:
         cfg = config.load({**flags, "host": host} if source == "flag" else flags,
@@ -256,8 +256,8 @@ def _unauthenticated_status(site, host, source):
         check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
-        _wait(lambda: _listening(HTTPS + 1), "nginx")
-        return requests.get(f"https://127.0.0.1:{HTTPS + 1}/api/status", verify=False).status_code
+        _wait(lambda: _listening(https), "nginx")
+        return requests.get(f"https://127.0.0.1:{https}/api/status", verify=False).status_code
     except config.ConfigError as exc:
         return f"refused: {exc}"
     finally:
