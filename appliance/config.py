@@ -17,11 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "local"  # the target name of the local droplet
 ENV_PREFIX = "APPLIANCE_"
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]*$")
-_TZ = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-_SIZE = re.compile(r"^[0-9]+[kmg]?$")
+# Allowlist grammars, always used with fullmatch (`$` would also match before a trailing newline).
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")   # one LDH label of a DNS name
+_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")        # a Debian user name
+_TZ = re.compile(r"[A-Za-z][A-Za-z0-9_+-]{0,29}(/[A-Za-z][A-Za-z0-9_+-]{0,29}){0,2}")  # UTC, Area/City, Etc/GMT+5
+_IMAGE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_SIZE = re.compile(r"0|[1-9][0-9]{0,8}[kmg]")
+# Debian's base system accounts (base-passwd's passwd.master) and the usual package-made ones: never the
+# appliance's user, whatever the server has (up also refuses any system account that exists there).
+SYSTEM_USERS = frozenset("root daemon bin sys sync games man lp mail news uucp proxy www-data backup list irc gnats "
+                         "_apt nobody sshd messagebus polkitd systemd-network systemd-resolve systemd-timesync "
+                         "systemd-coredump _chrony ntp postfix dnsmasq docker".split())
+MAX_SWAP_MB = 65536
+MAX_CPUS = 1024
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # as OpenSSH prints it; matched whole
 
 
@@ -73,29 +81,45 @@ class Config:
 
 
 def validate_hostname(value, what):
-    name = value.lower().rstrip(".")
-    if len(name) > 253 or not all(_LABEL.match(label) for label in name.split(".")):
-        raise ConfigError(f"{what} {value!r} is not a valid DNS name (letters, digits, '-' and '.')")
+    """An LDH DNS name: ASCII labels of 1-63 letters, digits and '-' (not at either end), at most 253
+    characters, no trailing dot, not all digits at the end (that is an IP address). Upper case is
+    lowered (DNS ignores case); anything else outside the grammar is refused, never repaired."""
+    name = value.lower() if value.isascii() else value
+    labels = name.split(".")
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise ConfigError(f"{what} {value!r} is not a valid DNS name (ASCII letters, digits, '-' and '.', "
+                          "labels of 1-63 characters, no trailing dot)")
     return name
 
 
 def validate_host(value):
+    """"local", an IPv4 or IPv6 address with nothing after it (no zone id, no brackets), or a DNS name."""
     if value == LOCAL:
         return value
     try:
-        return str(ipaddress.ip_address(value))
+        if ":" in value:
+            if not value.isascii() or "%" in value:  # a zone id is free text to ipaddress
+                raise ValueError(value)
+            return str(ipaddress.IPv6Address(value))
+        if value.isascii() and value.replace(".", "").isdigit():
+            return str(ipaddress.IPv4Address(value))
     except ValueError:
-        return validate_hostname(value, "host")
+        raise ConfigError(f"host {value!r} is not an IPv4 address or an IPv6 address without zone id "
+                          "or brackets") from None
+    return validate_hostname(value, "host")
 
 
 def validate_user(value, what="user name"):
-    if not value:
-        raise ConfigError(f"{what} is empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value) or ":" in value:
-        raise ConfigError(f"{what} {value!r} contains ':' or a control character")
-    if len(value) > 32 or not _USER.match(value):
-        raise ConfigError(f"{what} {value!r} is not a valid Linux user name "
-                          "(lower-case letters, digits, '_' and '-', at most 32 characters)")
+    if not _USER.fullmatch(value):
+        raise ConfigError(f"{what} {value!r} is not a valid Linux user name (a lower-case letter or '_', "
+                          "then lower-case letters, digits, '_' or '-', at most 32 characters)")
+    return value
+
+
+def validate_account(value):
+    """The appliance's user: a valid user name that is not a system account."""
+    if validate_user(value) in SYSTEM_USERS or value.startswith("systemd-"):
+        raise ConfigError(f"user name {value!r} is a system account; choose another, e.g. ds")
     return value
 
 
@@ -107,8 +131,8 @@ def validate_port(value, what):
 
 def _check(cfg):
     """Validate and normalise every field; returns the checked config."""
-    changes = {"host": validate_host(cfg.host), "user": validate_user(cfg.user),
-               "ssh_user": validate_user(cfg.ssh_user, "SSH user")}
+    changes = {"host": validate_host(cfg.host), "user": validate_account(cfg.user),
+               "ssh_user": validate_user(cfg.ssh_user, "SSH user"), "memory": cfg.memory.lower()}
     if cfg.domain is not None:
         changes["domain"] = validate_hostname(cfg.domain, "domain")
     for name in ("ssh_port", "http_port", "https_port", "public_https_port"):
@@ -116,14 +140,16 @@ def _check(cfg):
     if cfg.ssh_host_key_fingerprint is not None and not _FINGERPRINT.fullmatch(cfg.ssh_host_key_fingerprint):
         raise ConfigError(f"SSH host key fingerprint {cfg.ssh_host_key_fingerprint!r} is not like SHA256:<43 "
                           "base64 characters> (ssh-keygen -lf prints it)")
-    if not _TZ.match(cfg.timezone) or ".." in cfg.timezone:
+    if not _TZ.fullmatch(cfg.timezone):
         raise ConfigError(f"timezone {cfg.timezone!r} is not a time zone name like UTC or Europe/Paris")
-    if not _IMAGE.match(cfg.image):
+    if not _IMAGE.fullmatch(cfg.image):
         raise ConfigError(f"image {cfg.image!r} is not a valid image name")
-    if not _SIZE.match(cfg.memory.lower()):
-        raise ConfigError(f"memory limit {cfg.memory!r} is not a size like 4g or 512m")
-    if cfg.cpus < 0 or cfg.swap_mb < 0:
-        raise ConfigError("cpus and swap_mb must not be negative")
+    if not (cfg.memory.isascii() and _SIZE.fullmatch(changes["memory"])):
+        raise ConfigError(f"memory limit {cfg.memory!r} is not 0 or a size like 4g or 512m")
+    if not 0 <= cfg.cpus <= MAX_CPUS:  # also refuses nan
+        raise ConfigError(f"cpus {cfg.cpus} is not a number from 0 to {MAX_CPUS}")
+    if not 0 <= cfg.swap_mb <= MAX_SWAP_MB:
+        raise ConfigError(f"swap_mb {cfg.swap_mb} is not from 0 to {MAX_SWAP_MB}")
     if not 10 <= cfg.bcrypt_rounds <= 16:
         raise ConfigError(f"bcrypt_rounds {cfg.bcrypt_rounds} is outside 10-16")
     for name in ("ssh_key", "password_file"):

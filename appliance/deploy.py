@@ -15,7 +15,7 @@ from . import bootstrap, images, layout, render, tls
 from .errors import DeployError
 from .playbook import run_playbook
 from .ship import ship_image
-from .ssh import connect, operator_login, remote_json
+from .ssh import connect, operator_login, refuse_system_account, remote_json
 
 FIRST_RUN = ("First run for this server: expect about 5 minutes (on a fresh machine it also makes the base "
              "images and builds the notebook image); later runs take under a minute.")
@@ -55,6 +55,7 @@ def up(cfg, ca_bundle=None, say=print):
     if not state.known_hosts.exists():
         say(FIRST_RUN)
     with connect(cfg, state, create=True, say=say) as (target, pubkey, work):
+        refuse_system_account(target, cfg.user)
         check_disk(target, cfg.user)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=state.packages(), say=say)
         extravars = {

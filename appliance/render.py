@@ -4,17 +4,31 @@ Files are written under an output directory mirroring their absolute path on
 the server; nothing here touches a server.
 """
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
 from . import auth, layout, tls
+from .errors import ConfigError
 from .state import State
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 CLIENT_MAX_BODY_SIZE = "256m"
+
+# The second wall: each template value's grammar, checked whatever validated the config. A new key
+# without a grammar here is refused too. Bools and ints are checked by type and range.
+_NAME = r"[a-z0-9.:-]{1,253}"   # a DNS name, IPv4 or IPv6 literal (no zone id, no brackets)
+_PATH = r"/[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*"
+GRAMMAR = {"managed": r"[A-Za-z0-9 ,.;]+", "server_names": _NAME,
+           "public_url": r"https://([a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\])(:[0-9]{1,5})?",
+           "tls_cert": _PATH, "tls_key": _PATH, "htpasswd": _PATH, "authd": _PATH, "auth_service": r"[a-z0-9-]+",
+           "auth_socket": _PATH, "web_group": r"[a-z_][a-z0-9_-]{0,31}", "jupyter_socket": _PATH,
+           "container_socket": _PATH, "notebook_dir": _PATH, "client_max_body_size": r"[1-9][0-9]*[kmg]?",
+           "user": r"[a-z_][a-z0-9_-]{0,31}"}
+PORTS = ("http_port", "https_port")
 
 
 @dataclass(frozen=True)
@@ -32,8 +46,25 @@ def environment():
                               keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, autoescape=False)
 
 
+def _refuse_outside_grammar(context):
+    """Raise ConfigError (one line) for any value outside its key's grammar."""
+    for key, value in context.items():
+        if key == "http2_directive" and isinstance(value, bool):
+            continue
+        if key in PORTS and type(value) is int and 1 <= value <= 65535:
+            continue
+        values = value if key == "server_names" and isinstance(value, tuple) and value else (value,)
+        if key in GRAMMAR and all(isinstance(v, str) and re.fullmatch(GRAMMAR[key], v) and ".." not in v
+                                  for v in values):
+            continue
+        raise ConfigError(f"refusing to render {key} {value!r}: it holds characters outside its grammar")
+    return context
+
+
 def template_context(cfg, nginx_version=None):
-    return {
+    """The values templates see, each checked against its grammar (the config's own checks are the first
+    wall); user is there for the tmpfiles line, which render() writes without a template."""
+    return _refuse_outside_grammar({
         # nginx 1.25.1 made http2 a directive of its own and deprecated `listen ... http2`
         "http2_directive": (nginx_version or (0,)) >= HTTP2_DIRECTIVE_SINCE,
         "managed": "Written by provision.py; changes here are overwritten on the next run.",
@@ -52,11 +83,13 @@ def template_context(cfg, nginx_version=None):
         "container_socket": layout.IMAGE_SOCKET,
         "notebook_dir": layout.IMAGE_NOTEBOOKS,
         "client_max_body_size": CLIENT_MAX_BODY_SIZE,
-    }
+        "user": cfg.user,
+    })
 
 
 def prepare(cfg, interactive=None, env=None):
     """Make sure the target's CA, certificate and htpasswd exist; returns (state, cert, where)."""
+    template_context(cfg)  # the names go into the state's path and certificate: refuse hostile ones first
     state = State(cfg.target_dir).ensure()
     cert = tls.ensure(state, cfg.server_names)
     where = auth.ensure_htpasswd(cfg, state, env=env, interactive=interactive)

@@ -145,6 +145,22 @@ def pin_host_key(state, host, port, fingerprint):
     state.write("known_hosts", match[0] + "\n")
 
 
+def refuse_system_account(target, user):
+    """Refuse a user name the server already has as a system account (uid below 1000, or Debian's
+    reserved 60000 and above such as nobody): one getent over the open connection."""
+    r = target.ssh(f"getent passwd {shlex.quote(user)}", capture_output=True, text=True,
+                   stdin=subprocess.DEVNULL, timeout=60)
+    if r.returncode == 2:  # no such user: up creates it
+        return
+    fields = r.stdout.split(":")
+    if r.returncode != 0 or len(fields) < 3 or not fields[2].isdigit():
+        raise DeployError(f"cannot look up the user {user} on {target.host}: {last_line(r.stderr)}")
+    uid = int(fields[2])
+    if uid < 1000 or uid >= 60000:
+        raise DeployError(f"the user name {user!r} is a system account on {target.host} (uid {uid}); "
+                          "choose another with --user")
+
+
 def operator_login(target, user, state):
     """Switch to the operator user once its key login and sudo are proven to work.
 

@@ -1,12 +1,18 @@
 """Validation, config sources and the state directory: fast unit tests."""
+import dataclasses
 import os
+import shutil
+import socket
 import stat
+import subprocess
+import tempfile
+import time
 
 import pytest
 from passlib.apache import HtpasswdFile
 
-from appliance import auth, config, layout, render, tls
-from appliance.errors import ConfigError, StateError
+from appliance import auth, config, layout, render, ssh, tls
+from appliance.errors import ConfigError, DeployError, StateError
 from appliance.state import State
 
 @pytest.fixture(autouse=True)
@@ -25,13 +31,15 @@ def test_hostile_domain_refused(domain):
         config.load({"domain": domain, "host": "192.0.2.1"}, env={})
 
 
-@pytest.mark.parametrize("user", ["a:b", "a/b", "a\nb", "a\tb", "x" * 33, "Root", "1abc", ""])
+@pytest.mark.parametrize("user", ["a:b", "a/b", "a\nb", "ab\n", "a\tb", "x" * 33, "Root", "1abc", "", "root",
+                                  "www-data", "nobody", "sshd", "daemon"])
 def test_hostile_user_refused(user):
     with pytest.raises(ConfigError):
         config.load({"user": user}, env={})
 
 
-@pytest.mark.parametrize("host", ["x.com;", "1.2.3.4 5", "a_b.com", "::1]"])
+@pytest.mark.parametrize("host", ["x.com;", "1.2.3.4 5", "a_b.com", "::1]", "fe80::1%eth0", "::1%x;allow all;#",
+                                  "1.2.3.4\n", "x.com\n", "x.com."])
 def test_hostile_host_refused(host):
     with pytest.raises(ConfigError):
         config.load({"host": host}, env={})
@@ -145,3 +153,106 @@ def test_http2_syntax_follows_the_servers_nginx(tmp_path, version, new_syntax):
     site = (tmp_path / "out" / layout.NGINX_SITE.lstrip("/")).read_text()
     assert ("    http2 on;\n" in site) is new_syntax
     assert ("443 ssl http2 default_server;" in site) is not new_syntax
+
+
+def test_base_passwd_accounts_are_system_accounts():
+    """Every account of Debian's base-passwd is refused as the appliance's user."""
+    master = "/usr/share/base-passwd/passwd.master"
+    if not os.path.exists(master):
+        pytest.skip(f"{master} (Debian's base-passwd) is not here")
+    names = [line.split(":")[0] for line in open(master) if line.strip()]
+    assert names and set(names) <= config.SYSTEM_USERS
+
+
+@pytest.mark.parametrize("value, normal", [("Example.COM", "example.com"), ("192.0.2.1", "192.0.2.1"),
+                                           ("2001:DB8:0:0::1", "2001:db8::1"), ("xn--bcher-kva.example", None),
+                                           ("nb-1.example.org", None), ("myserver", None)])
+def test_good_hosts_are_kept_normalised(value, normal):
+    assert config.load({"host": value}, env={}).host == (normal or value)
+
+
+def test_good_values_of_every_field_pass(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('timezone = "America/Argentina/Buenos_Aires"\nmemory = "4G"\ncpus = 1.5\nswap_mb = 0\n'
+                    'user = "alice_2"\ndomain = "nb.example.org"\n')
+    cfg = config.load({"host": "192.0.2.1"}, env={"APPLIANCE_TIMEZONE": "Etc/GMT+5"}, config_file=toml)
+    assert (cfg.timezone, cfg.memory, cfg.cpus, cfg.user) == ("Etc/GMT+5", "4g", 1.5, "alice_2")
+
+
+WALL = [("host", "::1%x;satisfy any;allow all;#"), ("host", "x.com\nlisten 81"), ("host", "a b"),
+        ("domain", "x.com; return 301 http://evil"), ("domain", "x.com\n"), ("domain", "\u212aelvin.com"),
+        ("user", "a\nb"), ("user", "root d"), ("user", "ds;"), ("http_port", 0), ("https_port", True),
+        ("public_https_port", "443; listen 81")]
+
+
+@pytest.mark.parametrize("field, value", WALL)
+def test_renderer_refuses_hostile_values_whatever_validated_them(tmp_path, field, value):
+    """A caller that skips config.load (a Config built directly or replaced afterwards) still cannot
+    get a hostile value into a rendered file or the state: one line, nothing written."""
+    good = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
+    state, _, _ = render.prepare(good, interactive=False, env={"APPLIANCE_PASSWORD": "a long password"})
+    hostile = dataclasses.replace(good, **{field: value})
+    with pytest.raises(ConfigError, match="refusing to render") as refused:
+        render.render(hostile, state, tmp_path / "out")
+    assert "\n" not in str(refused.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="refusing to render"):
+        render.prepare(hostile, interactive=False, env={"APPLIANCE_PASSWORD": "a long password"})
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["192.0.2.1"]
+
+
+def test_template_context_values_all_have_a_grammar():
+    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org"}, env={})
+    assert set(render.template_context(cfg)) <= set(render.GRAMMAR) | set(render.PORTS) | {"http2_directive"}
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A Target reaching this machine through a real sshd on a free loopback port (its own host key and
+    authorized key, nothing of the machine's SSH setup used or changed)."""
+    if not os.path.exists("/usr/sbin/sshd") or not os.path.isdir("/run/sshd") or os.geteuid() != 0:
+        pytest.skip("needs root, OpenSSH's sshd and /run/sshd")
+    for name in ("host_key", "id_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / name)], check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "id_ed25519.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null", "-p", str(port),
+                             "-h", str(tmp_path / "host_key"), "-o", "ListenAddress=127.0.0.1",
+                             "-o", f"AuthorizedKeysFile={tmp_path / 'authorized_keys'}", "-o", "StrictModes=no",
+                             "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no", "-o", "PidFile=none"],
+                            stderr=subprocess.DEVNULL)
+    control = tempfile.mkdtemp(prefix="ssh-")  # short: a socket path holds at most 107 bytes
+    try:
+        target = ssh.Target("127.0.0.1", port, "root", str(tmp_path / "id_ed25519"),
+                            str(tmp_path / "known_hosts"), control)
+        deadline = time.monotonic() + 10
+        while target.ssh("true", capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, "sshd did not answer"
+            time.sleep(0.1)
+        yield target
+    finally:
+        target.close()
+        sshd.terminate()
+        sshd.wait(10)
+        shutil.rmtree(control, ignore_errors=True)
+
+
+@pytest.mark.parametrize("user", ["www-data", "nobody", "root"])
+def test_up_refuses_a_system_account_of_the_server(server, user):
+    with pytest.raises(DeployError, match=f"'{user}' is a system account on 127.0.0.1 .uid [0-9]+.; choose"):
+        ssh.refuse_system_account(server, user)
+
+
+def test_up_refuses_a_system_account_only_the_server_has(server):
+    """A package's system user (not in the built-in list) is found on the server itself; a new name passes."""
+    entries = [line.split(":") for line in subprocess.run(["getent", "passwd"], capture_output=True, text=True)
+               .stdout.splitlines()]
+    extra = [f[0] for f in entries if int(f[2]) < 1000 and f[0] not in config.SYSTEM_USERS
+             and config._USER.fullmatch(f[0])]
+    if not extra:
+        pytest.skip("this machine has no system account outside the built-in list")
+    with pytest.raises(DeployError, match=f"'{extra[0]}' is a system account"):
+        ssh.refuse_system_account(server, extra[0])
+    assert ssh.refuse_system_account(server, "nosuchuser13") is None  # a new name: up creates it

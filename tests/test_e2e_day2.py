@@ -202,7 +202,7 @@ def droplet_snapshot():
 
 @pytest.mark.parametrize("args, env, expected", [
     (["up", "--domain", "x.com; return 301 http://evil"], {}, "not a valid DNS name"),
-    (["up", "--user", "a:b"], {}, "contains ':'"),
+    (["up", "--user", "a:b"], {}, "not a valid Linux user name"),
     (["up"], {"APPLIANCE_PASSWORD": ""}, "is empty"),
     (["up", "--image", "nope"], {}, "unknown image"),
     (["passwd"], {"APPLIANCE_PASSWORD": "short"}, "shorter than"),

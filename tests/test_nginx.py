@@ -6,6 +6,7 @@ gets.
 """
 import base64
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -48,6 +49,31 @@ def _listening(port):
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _rebase(text, out, base):
+    """A rendered file's server paths moved under out (files) and base (sockets)."""
+    return (text.replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
+            .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth"))
+
+
+def _nginx_conf(base, out):
+    """An nginx.conf in base serving the site rendered under out, as Debian's includes it."""
+    conf = base / "nginx.conf"
+    conf.write_text(f"""user www-data;
+worker_processes 1;
+pid {base}/nginx.pid;
+error_log {base}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    include /etc/nginx/mime.types;
+    access_log {base}/access.log;
+    client_body_temp_path {base}/body;
+    proxy_temp_path {base}/proxy;
+    include {out}{layout.NGINX_SITE};
+}}
+""")
+    return conf
+
+
 @pytest.fixture(scope="module")
 def site():
     base = Path(tempfile.mkdtemp(prefix="appliance-nginx-"))
@@ -60,10 +86,6 @@ def site():
     files = render.render(cfg, state, out)
     os.chmod(out, 0o755)
 
-    def rebase(text):
-        return (text.replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
-                .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth"))
-
     for item in files:  # the owners and modes Ansible gives them on the server
         path = out / item.path.lstrip("/")
         shutil.chown(path, "root", item.group)
@@ -71,7 +93,7 @@ def site():
         for parent in path.relative_to(out).parents:
             os.chmod(out / parent, 0o755)
         if item.path in (layout.NGINX_SITE, layout.JUPYTER_CONFIG):
-            path.write_text(rebase(path.read_text()))
+            path.write_text(_rebase(path.read_text(), out, base))
     run = base / "run"
     run.mkdir()
     shutil.chown(run, "root", "www-data")
@@ -88,20 +110,7 @@ def site():
     jupyter = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--allow-root",
                                 f"--config={out}{layout.JUPYTER_CONFIG}", f"--ServerApp.root_dir={notebooks}"],
                                stdout=jupyter_log, stderr=subprocess.STDOUT, cwd=base)
-    conf = base / "nginx.conf"
-    conf.write_text(f"""user www-data;
-worker_processes 1;
-pid {base}/nginx.pid;
-error_log {base}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    include /etc/nginx/mime.types;
-    access_log {base}/access.log;
-    client_body_temp_path {base}/body;
-    proxy_temp_path {base}/proxy;
-    include {out}{layout.NGINX_SITE};
-}}
-""")
+    conf = _nginx_conf(base, out)
     nginx = None
     try:
         _wait(lambda: (run / "jupyter.sock").exists() and (base / "auth/auth.sock").exists(), "the sockets")
@@ -278,3 +287,50 @@ def test_xsrf_cookie_is_secure(site):
     cookies = [c for c in r.raw.headers.getlist("Set-Cookie") if c.startswith("_xsrf=")]
     assert cookies, r.headers
     assert all("secure" in [a.strip().lower() for a in c.split(";")] for c in cookies), cookies
+
+
+HOSTILE_HOST = "::1%x;satisfy any;allow all;#"  # an IPv6 "zone id" that is nginx text (issue 13, item 2)
+
+
+def _unauthenticated_status(site, host, source):
+    """What a host value from `source` (flag, config file or environment) leads to: "refused: <error>" when
+    validation refuses it, else the status of /api/status asked with no login of the site it renders,
+    served by a real nginx (on ports of its own) in front of the fixture's Jupyter and verifier."""
+    base = Path(tempfile.mkdtemp(prefix="appliance-hostile-"))
+    os.chmod(base, 0o755)
+    toml = base / "c.toml"
+    toml.write_text(f"host = {json.dumps(host)}\n")
+    http, https = _free_port(), _free_port()
+    flags = {"state_dir": str(base / "state"), "http_port": http, "https_port": https, "public_https_port": https}
+    nginx = None
+    try:
+        cfg = config.load({**flags, "host": host} if source == "flag" else flags,
+                          env={"APPLIANCE_HOST": host} if source == "env" else {},
+                          config_file=toml if source == "toml" else None)
+        state, _, _ = render.prepare(cfg, interactive=False, env={"APPLIANCE_PASSWORD": PASSWORD})
+        out = base / "out"
+        render.render(cfg, state, out)
+        site_file = out / layout.NGINX_SITE.lstrip("/")
+        site_file.write_text(_rebase(site_file.read_text(), out, site["base"]))
+        conf = _nginx_conf(base, out)
+        check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
+        _wait(lambda: _listening(https), "nginx")
+        return requests.get(f"https://127.0.0.1:{https}/api/status", verify=False).status_code
+    except config.ConfigError as exc:
+        return f"refused: {exc}"
+    finally:
+        if nginx:
+            nginx.terminate()
+            nginx.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("source", ["flag", "toml", "env"])
+def test_no_host_value_opens_jupyter_without_login(site, source):
+    """Before issue 13 this host passed validation from every source, `nginx -t` accepted the site it made,
+    and Jupyter answered 200 with no login at all."""
+    assert _unauthenticated_status(site, "::1", source) == 401  # the same path with a plain host asks a login
+    outcome = _unauthenticated_status(site, HOSTILE_HOST, source)
+    assert str(outcome).startswith("refused: host"), outcome
