@@ -1,7 +1,7 @@
 """The rendered site in a real nginx in front of a real Jupyter Server.
 
 Paths of the rendered files are rebased onto a temporary directory and the
-ports moved to 18080/18443 on 127.0.0.1; everything else is what the server
+ports moved to free ones on 127.0.0.1; everything else is what the server
 gets.
 """
 import base64
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,13 @@ import jupyter_api
 from appliance import config, layout, render
 from appliance.server import authd
 
-HTTP, HTTPS = 18080, 18443
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HTTP, HTTPS = _free_port(), _free_port()  # free ones: several runs may share this machine
 PASSWORD = "nginx test password"
 pytestmark = pytest.mark.skipif(not shutil.which("nginx"), reason="needs Debian's nginx (tests/run.py installs it)")
 
@@ -104,7 +111,8 @@ http {{
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
         _wait(lambda: _listening(HTTP) and _listening(HTTPS), "nginx")
         yield {"cfg": cfg, "out": out, "state": state, "cert": cert, "base": base,
-               "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}"}
+               "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}",
+               "authd_pid": authd.pid}
     finally:
         if nginx:
             nginx.terminate()
@@ -177,13 +185,13 @@ def test_sslyze_mozilla_intermediate(site):
     assert f"127.0.0.1:{HTTPS}: OK - Compliant." in r.stdout, r.stdout[-3000:]
 
 
-def _status_from(site, source, password):
+def _status_from(site, source, password, authorization=None):
     """GET /api/status from a given loopback source address (a different client)."""
     ctx = ssl.create_default_context(cafile=site["ca"])
-    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=30)
+    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=60)
     try:
         token = base64.b64encode(f"{site['cfg'].user}:{password}".encode()).decode()
-        conn.request("GET", "/api/status", headers={"Authorization": f"Basic {token}"})
+        conn.request("GET", "/api/status", headers={"Authorization": authorization or f"Basic {token}"})
         return conn.getresponse().status
     finally:
         conn.close()
@@ -212,3 +220,42 @@ def test_new_password_ends_old_sessions(site):
     finally:
         htpasswd.write_bytes(old)
     assert s.get(f"{site['url']}/api/status").status_code == 200
+
+
+def _cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(call, *args):
+    started = time.monotonic()
+    return call(*args), time.monotonic() - started
+
+
+def test_a_burst_of_guesses_from_one_address_costs_at_most_the_limit(site):
+    """100 wrong guesses in flight at once from one address: at most FAIL_LIMIT bcrypt checks run, the rest
+    are 429 without hashing; the right password from that address is 429 meanwhile, from another it is 200."""
+    pid, htpasswd = site["authd_pid"], site["out"] / layout.HTPASSWD.lstrip("/")
+    cpu = _cpu_seconds(pid)
+    status, single = _timed(_status_from, site, "127.0.0.20", "one wrong guess")
+    assert status == 401
+    per_check = _cpu_seconds(pid) - cpu
+    os.utime(htpasswd)  # the verifier forgets remembered logins: the right password below costs a bcrypt check
+    cpu = _cpu_seconds(pid)
+    with ThreadPoolExecutor(101) as pool:
+        burst = [pool.submit(_status_from, site, "127.0.0.21", f"burst guess {i}") for i in range(100)]
+        time.sleep(1)  # the guesses are in flight (as in the issue: the right password one second later)
+        same = pool.submit(_status_from, site, "127.0.0.21", PASSWORD)
+        other, latency = _timed(_status_from, site, "127.0.0.22", PASSWORD)
+        statuses = [f.result() for f in burst]
+    spent = _cpu_seconds(pid) - cpu
+    print(f"\nburst of 100 from one address: {statuses.count(401)} x 401, {statuses.count(429)} x 429, "
+          f"others {sorted(set(statuses) - {401, 429})}; verifier CPU {spent:.2f} s "
+          f"(one check {per_check:.2f} s CPU, {single:.2f} s wall); right password from the same address "
+          f"{same.result()}, from another {other} in {latency:.2f} s")
+    assert set(statuses) <= {401, 429} and statuses.count(401) <= authd.FAIL_LIMIT
+    assert same.result() == 429
+    assert other == 200
+    assert spent <= (authd.FAIL_LIMIT + 3) * per_check + 0.5  # the limit's checks, the right password, slack
+    assert latency < (authd.FAIL_LIMIT + 2) * single + 2

@@ -136,6 +136,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    request_queue_size = socket.SOMAXCONN  # as systemd's socket (Backlog=); 5 would refuse a burst
 
 
 def main(argv=None):
