@@ -63,11 +63,11 @@ class _Check:
 
 
 class Verifier:
-    def __init__(self, htpasswd_path, clock=time.monotonic, slots=BCRYPT_SLOTS):
+    def __init__(self, htpasswd_path, clock=time.monotonic):
         self.path, self.clock = htpasswd_path, clock
         self.key = secrets.token_bytes(32)
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(slots)
+        self.slots = threading.BoundedSemaphore(BCRYPT_SLOTS)
         self.users, self.stamp, self.generation = {}, None, 0
         self.remembered = {}   # HMAC of the Authorization header -> expiry
         self.failures = {}     # client address -> times of its wrong or in-flight checks, least recent first
@@ -109,8 +109,9 @@ class Verifier:
                 del self.remembered[digest]
 
     def _count(self, client, now):
-        self.failures[client] = self._recent(client, now) + [now]
-        self.failures[client] = self.failures.pop(client)  # now the most recently counted address
+        times = self._recent(client, now) + [now]
+        self.failures.pop(client, None)
+        self.failures[client] = times  # last: the most recently counted address
         while len(self.failures) > MAX_ADDRESSES:
             del self.failures[next(iter(self.failures))]
 
