@@ -185,13 +185,13 @@ def test_sslyze_mozilla_intermediate(site):
     assert f"127.0.0.1:{HTTPS}: OK - Compliant." in r.stdout, r.stdout[-3000:]
 
 
-def _status_from(site, source, password, authorization=None):
+def _status_from(site, source, password):
     """GET /api/status from a given loopback source address (a different client)."""
     ctx = ssl.create_default_context(cafile=site["ca"])
     conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=60)
     try:
         token = base64.b64encode(f"{site['cfg'].user}:{password}".encode()).decode()
-        conn.request("GET", "/api/status", headers={"Authorization": authorization or f"Basic {token}"})
+        conn.request("GET", "/api/status", headers={"Authorization": f"Basic {token}"})
         return conn.getresponse().status
     finally:
         conn.close()
