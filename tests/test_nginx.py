@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,8 @@ def site():
         nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
         _wait(lambda: _listening(HTTP) and _listening(HTTPS), "nginx")
         yield {"cfg": cfg, "out": out, "state": state, "cert": cert, "base": base,
-               "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}"}
+               "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}",
+               "authd_pid": authd.pid}
     finally:
         if nginx:
             nginx.terminate()
@@ -195,7 +197,7 @@ def test_sslyze_mozilla_intermediate(site):
 def _status_from(site, source, password):
     """GET /api/status from a given loopback source address (a different client)."""
     ctx = ssl.create_default_context(cafile=site["ca"])
-    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=30)
+    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=60)
     try:
         token = base64.b64encode(f"{site['cfg'].user}:{password}".encode()).decode()
         conn.request("GET", "/api/status", headers={"Authorization": f"Basic {token}"})
@@ -334,3 +336,42 @@ def test_no_host_value_opens_jupyter_without_login(site, source):
     assert _unauthenticated_status(site, "::1", source) == 401  # the same path with a plain host asks a login
     outcome = _unauthenticated_status(site, HOSTILE_HOST, source)
     assert str(outcome).startswith("refused: host"), outcome
+
+
+def _cpu_seconds(pid):
+    """User + system CPU time of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timed(call, *args):
+    started = time.monotonic()
+    return call(*args), time.monotonic() - started
+
+
+def test_a_burst_of_guesses_from_one_address_costs_at_most_the_limit(site):
+    """100 wrong guesses in flight at once from one address: at most FAIL_LIMIT bcrypt checks run, the rest
+    are 429 without hashing; the right password from that address is 429 meanwhile, from another it is 200."""
+    pid, htpasswd = site["authd_pid"], site["out"] / layout.HTPASSWD.lstrip("/")
+    cpu = _cpu_seconds(pid)
+    status, single = _timed(_status_from, site, "127.0.0.20", "one wrong guess")
+    assert status == 401
+    per_check = _cpu_seconds(pid) - cpu
+    os.utime(htpasswd)  # the verifier forgets remembered logins: the right password below costs a bcrypt check
+    cpu = _cpu_seconds(pid)
+    with ThreadPoolExecutor(101) as pool:
+        burst = [pool.submit(_status_from, site, "127.0.0.21", f"burst guess {i}") for i in range(100)]
+        time.sleep(1)  # the guesses are in flight (as in the issue: the right password one second later)
+        same = pool.submit(_status_from, site, "127.0.0.21", PASSWORD)
+        other, latency = _timed(_status_from, site, "127.0.0.22", PASSWORD)
+        statuses = [f.result() for f in burst]
+    spent = _cpu_seconds(pid) - cpu
+    print(f"\nburst of 100 from one address: {statuses.count(401)} x 401, {statuses.count(429)} x 429, "
+          f"others {sorted(set(statuses) - {401, 429})}; verifier CPU {spent:.2f} s "
+          f"(one check {per_check:.2f} s CPU, {single:.2f} s wall); right password from the same address "
+          f"{same.result()}, from another {other} in {latency:.2f} s")
+    assert set(statuses) <= {401, 429} and statuses.count(401) <= authd.FAIL_LIMIT
+    assert same.result() == 429
+    assert other == 200
+    assert spent <= (authd.FAIL_LIMIT + 3) * per_check + 0.5  # the limit's checks, the right password, slack
+    assert latency < (authd.FAIL_LIMIT + 2) * single + 2
