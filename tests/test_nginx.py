@@ -25,6 +25,7 @@ import jupyter_api
 from appliance import config, layout, render
 from appliance.server import authd
 
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
