@@ -20,6 +20,8 @@ PR_SET_DUMPABLE = 4
 
 
 def become_notebook_account(bind):
+    """Returns the listening socket when bound (kept open: exec hands its descriptor on)."""
+    listening = None
     if bind:
         from tornado.netutil import bind_unix_socket
         listening = bind_unix_socket(SOCKET, mode=0o660)  # root's; its group is the directory's (setgid)
@@ -29,6 +31,7 @@ def become_notebook_account(bind):
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
+    return listening
 
 
 def serve():
@@ -52,6 +55,6 @@ if __name__ == "__main__":
     if command == [SERVE]:
         serve()
     if os.geteuid() == 0 and "APPLIANCE_NB_UID" in os.environ:
-        become_notebook_account(bind=not command)
+        bound = become_notebook_account(bind=not command)
     os.umask(0o002)  # the notebooks are shared with the operator's group
     os.execv(TINI, [TINI, "--", *(command or [sys.executable, __file__, SERVE])])
