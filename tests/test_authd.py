@@ -1,5 +1,7 @@
 """The login verifier: one bcrypt per login, not per request."""
 import base64
+import hashlib
+import json
 import os
 import threading
 import time
@@ -167,3 +169,76 @@ def _wait_for(check, what, timeout=20):
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+# Tokens -----------------------------------------------------------------------------------------------------
+
+def _write_tokens(path, *entries):
+    """The token file as `provision.py token` leaves it: (token, name, expires) -> hash, name, expiry."""
+    tokens = [{"name": name, "sha256": hashlib.sha256(token.encode()).hexdigest(), "created": 1, "expires": expires}
+              for token, name, expires in entries]
+    tmp = path.with_suffix(".new")
+    tmp.write_text(json.dumps({"tokens": tokens}))
+    os.replace(tmp, path)  # as remote.py does
+
+
+@pytest.fixture
+def tokens(verifier, tmp_path):
+    v, calls = verifier
+    v.tokens_path = str(tmp_path / "tokens.json")
+    _write_tokens(tmp_path / "tokens.json", ("good-token", "laptop", None), ("old-token", "old", time.time() - 1),
+                  ("later-token", "later", time.time() + 3600))
+    return v, calls, tmp_path / "tokens.json"
+
+
+def test_a_token_in_the_header_or_the_query(tokens):
+    v, calls, _ = tokens
+    assert v.verify("token good-token", "10.1.0.1") == (204, "laptop")
+    assert v.verify("Bearer later-token", "10.1.0.1") == (204, "later")
+    assert v.verify("", "10.1.0.1", "/api/kernels/x/channels?session_id=1&token=good-token") == (204, "laptop")
+    assert v.verify("", "10.1.0.1", "/lab?token=later-token") == (204, "later")
+    assert v.verify("", "10.1.0.1", "/api/status") == (401, None)  # no credentials at all: not a guess
+    assert set(v.last_used) == {"laptop", "later"}
+    assert not calls  # no bcrypt for tokens
+    # a Basic header means a password login, whatever the URI says
+    assert v.verify(header("ds", "right password"), "10.1.0.1", "/lab?token=nonsense") == (204, None)
+    assert v.verify(header("ds", "wrong"), "10.1.0.1", "/lab?token=good-token") == (401, None)
+
+
+def test_wrong_expired_and_revoked_tokens_are_refused_and_counted(tokens):
+    v, _, path = tokens
+    assert v.verify("token old-token", "10.1.1.1") == (401, None)  # expired
+    assert v.verify("token nope", "10.1.1.1") == (401, None)
+    assert v.verify("", "10.1.1.1", "/?token=") == (401, None)
+    assert len(v.failures["10.1.1.1"]) == 3
+    _write_tokens(path, ("later-token", "later", time.time() + 3600))  # laptop revoked
+    assert v.verify("token good-token", "10.1.1.2") == (401, None)  # at once: the file is re-read
+    assert v.verify("token later-token", "10.1.1.2") == (204, "later")
+
+
+def test_token_guesses_are_throttled_like_passwords(tokens):
+    v, _, _ = tokens
+    guesses = [v.verify(f"token guess-{i}", "10.1.2.1")[0] for i in range(authd.FAIL_LIMIT)]
+    assert guesses == [401] * (authd.FAIL_LIMIT - 1) + [403]
+    assert v.verify("token good-token", "10.1.2.1") == (403, None)  # even the right token, for the window
+    assert v.check(header("ds", "right password"), "10.1.2.1") == 403  # and the password: one count per address
+    assert v.verify("token good-token", "10.1.2.2") == (204, "laptop")  # another address is not affected
+    with ThreadPoolExecutor(50) as pool:  # a burst at once cannot pass the limit either
+        burst = list(pool.map(lambda i: v.verify(f"token burst-{i}", "10.1.2.3")[0], range(50)))
+    assert burst.count(401) == authd.FAIL_LIMIT - 1 and burst.count(403) == 50 - authd.FAIL_LIMIT + 1
+
+
+def test_a_token_file_that_does_not_parse_lets_no_token_in(tokens):
+    v, _, path = tokens
+    path.write_text('{"tokens": [{"name": "x"')
+    assert v.verify("token good-token", "10.1.3.1") == (401, None)
+    path.unlink()
+    assert v.verify("token good-token", "10.1.3.1") == (401, None)
+
+
+def test_strip_token():
+    assert authd.strip_token("/lab?token=abc") == "/lab"
+    assert authd.strip_token("/api/x?session_id=1&token=abc&b=%20c") == "/api/x?session_id=1&b=%20c"
+    assert authd.strip_token("/a?%74oken=abc&token=d&tokens=e") == "/a?tokens=e"  # an encoded name too
+    assert authd.strip_token("/a?x=token%3Dabc") == "/a?x=token%3Dabc"
+    assert authd.strip_token("/a%3Ftoken=1") == "/a%3Ftoken=1"

@@ -25,21 +25,48 @@ at start, never the password -- so later requests cost a dictionary lookup.
   logins never queue. The failure table forgets expired entries and holds at
   most MAX_ADDRESSES addresses.
 
+Tokens (for tools: VS Code, a local JupyterLab, scripts) are checked here too:
+* A token comes in `Authorization: token …` (or `Bearer …`), or, when the
+  request has no Authorization header at all, in the URI's `token` parameter
+  (nginx sends the original URI as X-Original-URI); a Basic header always
+  means a password login, whatever the URI holds.
+* The token file (JSON, 0640 root:www-data) holds only each token's SHA-256
+  with its name, creation and expiry; it is re-read when it changes, so a
+  revoked token is refused on the next request. Tokens are 256-bit random, so
+  a plain SHA-256 is enough (nothing to brute-force). The lookup is a dict
+  lookup by that SHA-256: what its timing could reveal is a prefix of the hash
+  of the caller's own guess, which brings no one closer to a valid token (that
+  needs a preimage), so it is as good as hmac.compare_digest over every entry.
+* A wrong, revoked or expired token is counted against the client address at
+  once, exactly like a wrong password, and a throttled address gets 403 for
+  tokens too.
+* A good token's answer carries TOKEN_HEADER (the token's name), which nginx
+  forwards to Jupyter (its identity provider trusts only that header, which
+  nginx sets on every request, overwriting any the client sent). Every answer
+  that lets a request in carries URI_HEADER: the original URI without its
+  `token` parameters, which nginx proxies instead, so the raw token never
+  reaches Jupyter.
+* The last use of each token (wall clock, memory only) is answered on the
+  socket at LAST_USED_PATH; nginx only ever asks /_appliance_auth.
+
 Runs on the server with Python's standard library and bcrypt (Debian's
 python3-bcrypt), listening on a unix socket only.
-Usage: authd.py --htpasswd FILE --socket PATH
+Usage: authd.py --htpasswd FILE [--tokens FILE] --socket PATH
 """
 import argparse
 import base64
 import hashlib
 import hmac
 import http.server
+import json
 import os
+import re
 import secrets
 import socket
 import socketserver
 import threading
 import time
+import urllib.parse
 
 import bcrypt
 
@@ -52,6 +79,10 @@ PRUNE_EVERY = 30         # seconds between sweeps that drop every expired entry
 BCRYPT_SLOTS = os.cpu_count() or 1  # bcrypt checks running at once, from all clients together
 BCRYPT_WAIT = 10         # seconds a check may wait for a slot
 MAX_AUTHORIZATION = 1024  # longer headers are not a login (bcrypt reads 72 bytes of a password)
+TOKEN_HEADER = "X-Appliance-Token"   # the name of the token that let a request in (nginx passes it on)
+URI_HEADER = "X-Appliance-Uri"       # the URI nginx proxies: the original one without its token parameters
+LAST_USED_PATH = "/last-used"        # JSON {token name: epoch seconds}, for `provision.py token list`
+_TOKEN_SCHEME = re.compile(r"(?i)(?:token|bearer)[ ]+(\S*)")
 
 
 class _Check:
@@ -63,8 +94,11 @@ class _Check:
 
 
 class Verifier:
-    def __init__(self, htpasswd_path, clock=time.monotonic):
+    def __init__(self, htpasswd_path, clock=time.monotonic, tokens_path=None, wall=time.time):
         self.path, self.clock = htpasswd_path, clock
+        self.tokens_path, self.wall = tokens_path, wall
+        self.tokens, self.tokens_stamp = {}, None  # SHA-256 of a token -> (name, expiry epoch or None)
+        self.last_used = {}  # token name -> epoch seconds of its last accepted request
         self.key = secrets.token_bytes(32)
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(BCRYPT_SLOTS)
@@ -89,6 +123,46 @@ class Verifier:
         self.users, self.stamp = users, stamp
         self.generation += 1
         self.remembered.clear()
+
+    def _reload_tokens(self):
+        try:
+            st = os.stat(self.tokens_path) if self.tokens_path else None
+        except FileNotFoundError:
+            st = None
+        stamp = st and (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self.tokens_stamp:
+            return
+        tokens = {}
+        if stamp:
+            try:
+                with open(self.tokens_path, "rb") as f:
+                    for t in json.load(f)["tokens"]:
+                        expires = t.get("expires")
+                        tokens[bytes.fromhex(t["sha256"])] = (str(t["name"]), None if expires is None else float(expires))
+            except (ValueError, KeyError, TypeError):
+                tokens = {}  # a file that does not parse lets no token in
+        self.tokens, self.tokens_stamp = tokens, stamp
+
+    def verify(self, authorization, client, uri=""):
+        """(status, token name or None) for one request: a token when the Authorization header has the
+        token (or Bearer) scheme or, with no Authorization header, when the URI has a token parameter;
+        otherwise the Basic login (`check`)."""
+        token = _token(authorization, uri)
+        if token is None:
+            return self.check(authorization, client), None
+        digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
+        now, wall = self.clock(), self.wall()
+        with self.lock:
+            self._reload_tokens()
+            self._prune(now)
+            if len(self._recent(client, now)) >= FAIL_LIMIT:
+                return 403, None
+            name, expires = self.tokens.get(digest, (None, None))
+            if name is not None and (expires is None or wall < expires):
+                self.last_used[name] = wall
+                return 204, name
+            self._count(client, now)  # a wrong, revoked or expired token: a guess like a wrong password
+            return (403 if len(self._recent(client, now)) >= FAIL_LIMIT else 401), None
 
     def _recent(self, client, now):
         times = [t for t in self.failures.get(client, ()) if now - t < FAIL_WINDOW]
@@ -193,6 +267,28 @@ def _parse(authorization):
     return user, password.encode()
 
 
+def _token(authorization, uri):
+    """The token a request presents ("" for an empty one), or None when it presents none."""
+    if authorization:
+        match = _TOKEN_SCHEME.fullmatch(authorization)
+        return match[1] if match else None
+    query = uri.partition("?")[2]
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if name == "token":
+            return value
+    return None
+
+
+def strip_token(uri):
+    """uri without its `token` query parameters (however their name is percent-encoded); the rest as it was."""
+    path, mark, query = uri.partition("?")
+    pieces = query.split("&")
+    kept = [p for p in pieces if urllib.parse.unquote_plus(p.partition("=")[0]) != "token"]
+    if len(kept) == len(pieces):
+        return uri
+    return f"{path}?{'&'.join(kept)}" if kept else path
+
+
 def _password_ok(hashed, password, dummy):
     if hashed is None:
         bcrypt.checkpw(b"x", dummy)
@@ -208,10 +304,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
     verifier = None
 
     def do_GET(self):
-        status = self.verifier.check(self.headers.get("Authorization", ""), self.headers.get("X-Real-IP", ""))
+        if self.path == LAST_USED_PATH:
+            with self.verifier.lock:
+                body = json.dumps(self.verifier.last_used).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        uri = self.headers.get("X-Original-URI", "")
+        status, name = self.verifier.verify(self.headers.get("Authorization", ""), self.headers.get("X-Real-IP", ""),
+                                            uri)
         self.send_response(status)
         if status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="Jupyter", charset="UTF-8"')
+        if status == 204 and uri:
+            self.send_header(URI_HEADER, strip_token(uri))
+        if name:
+            self.send_header(TOKEN_HEADER, name)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -230,9 +340,10 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--htpasswd", required=True)
+    p.add_argument("--tokens", help="the token file (JSON; may not exist yet)")
     p.add_argument("--socket", required=True)
     args = p.parse_args(argv)
-    Handler.verifier = Verifier(args.htpasswd)
+    Handler.verifier = Verifier(args.htpasswd, tokens_path=args.tokens)
     Handler.verifier._reload()
     if os.environ.get("LISTEN_FDS") == "1":  # systemd socket activation: the socket outlives restarts
         server = Server(args.socket, Handler, bind_and_activate=False)
