@@ -96,6 +96,19 @@ def parser():
     rebuild.add_argument("--clear-packages", action="store_true", help="drop the packages added before")
     _ca_flag(rebuild)
 
+    token = sub.add_parser("token", help="API tokens for tools (VS Code, a local JupyterLab, scripts)")
+    actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make a token; prints it once, with the URL to paste")
+    _target_flags(create)
+    create.add_argument("--name", help="a name to list and revoke it by (default token-<date>-<time>)")
+    create.add_argument("--expires", default="90d", metavar="WHEN",
+                        help="lifetime: hours, days or weeks (12h, 90d, 52w) or never (default 90d)")
+    listing = actions.add_parser("list", help="show the tokens: name, created, expires, last used")
+    _target_flags(listing)
+    revoke = actions.add_parser("revoke", help="revoke a token by name; refused from the next request on")
+    _target_flags(revoke)
+    revoke.add_argument("name", metavar="NAME")
+
     render = sub.add_parser("render", help="write every file the server would get under DIR; touches no server")
     _target_flags(render, server=False)
     render.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -180,9 +193,20 @@ def cmd_rebuild(args):
                 say=say)
 
 
+def cmd_token(args):
+    from . import tokens
+    cfg = _config(args)
+    if args.action == "create":
+        tokens.create(cfg, name=args.name, expires=args.expires, say=say)
+    elif args.action == "list":
+        tokens.list_tokens(cfg, say=say)
+    else:
+        tokens.revoke(cfg, args.name, say=say)
+
+
 COMMANDS = {"render": cmd_render, "build": cmd_build, "images": cmd_images, "up": cmd_up, "down": cmd_down,
             "status": cmd_status, "logs": cmd_logs, "backup": cmd_backup, "restore": cmd_restore,
-            "passwd": cmd_passwd, "rebuild": cmd_rebuild}
+            "passwd": cmd_passwd, "rebuild": cmd_rebuild, "token": cmd_token}
 
 
 def run(argv=None):

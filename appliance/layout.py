@@ -15,6 +15,10 @@ TLS_KEY = f"{TLS_DIR}/server.key"
 CA_CERT = f"{TLS_DIR}/ca.crt"
 TLS_KEY_MODE = "0600"                       # root:root
 HTPASSWD = f"{ETC}/htpasswd"
+TOKENS = f"{ETC}/tokens.json"               # SHA-256 of each API token, with name and expiry (SECRET_MODE);
+                                            # written by `provision.py token` only, re-read by the verifier
+TOKEN_HEADER = "X-Appliance-Token"          # nginx -> Jupyter: the name of the token that let a request in
+IDENTITY_PROVIDER = "appliance_identity.ApplianceIdentityProvider"  # images/base/appliance_identity.py
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 
 FILE_MODE = "0644"                          # root-owned, readable by all
@@ -25,6 +29,7 @@ NGINX = "nginx"                             # the web server's systemd unit
 NGINX_SITE = "/etc/nginx/sites-available/jupyter.conf"
 NGINX_SITE_LINK = "/etc/nginx/sites-enabled/jupyter.conf"
 NGINX_DEFAULT_SITE = "/etc/nginx/sites-enabled/default"   # Debian's, removed
+NGINX_ACCESS_LOG = "/var/log/nginx/access.log"            # the site's, without query strings (tokens)
 
 LIB = "/usr/local/lib/appliance"            # code the server runs
 LIB_MODE = "0755"

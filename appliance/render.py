@@ -27,7 +27,8 @@ GRAMMAR = {"managed": r"[A-Za-z0-9 ,.;]+", "server_names": _NAME,
            "tls_cert": _PATH, "tls_key": _PATH, "htpasswd": _PATH, "authd": _PATH, "auth_service": r"[a-z0-9-]+",
            "auth_socket": _PATH, "web_group": r"[a-z_][a-z0-9_-]{0,31}", "jupyter_socket": _PATH,
            "container_socket": _PATH, "notebook_dir": _PATH, "client_max_body_size": r"[1-9][0-9]*[kmg]?",
-           "user": r"[a-z_][a-z0-9_-]{0,31}"}
+           "user": r"[a-z_][a-z0-9_-]{0,31}", "tokens": _PATH, "token_header": r"X-[A-Za-z-]{1,64}",
+           "identity_provider": r"[a-z_]+(\.[A-Za-z_]+)+", "access_log": _PATH}
 PORTS = ("http_port", "https_port")
 
 
@@ -75,6 +76,10 @@ def template_context(cfg, nginx_version=None):
         "tls_cert": layout.TLS_CERT,
         "tls_key": layout.TLS_KEY,
         "htpasswd": layout.HTPASSWD,
+        "tokens": layout.TOKENS,
+        "token_header": layout.TOKEN_HEADER,
+        "identity_provider": layout.IDENTITY_PROVIDER,
+        "access_log": layout.NGINX_ACCESS_LOG,
         "authd": layout.AUTHD,
         "auth_service": layout.AUTH_SERVICE,
         "auth_socket": layout.AUTH_SOCKET,

@@ -5,14 +5,17 @@ COMMAND ARGS`), preceded by archive.py's (appliance.server.remote_source);
 nothing of it stays on the server. Server paths and names come as arguments
 (from appliance/layout.py on the operator's side).
 """
+import fcntl
 import grp
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import os
 import pwd
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -208,7 +211,10 @@ def layers():
 
 def install(path, mode, group):
     """Atomically replace path with stdin (root-owned, mode and group as given)."""
-    data = sys.stdin.buffer.read()
+    _replace(path, sys.stdin.buffer.read(), mode, group)
+
+
+def _replace(path, data, mode, group):
     tmp = f"{path}.new-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
@@ -220,8 +226,65 @@ def install(path, mode, group):
     os.replace(tmp, path)
 
 
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path):
+        super().__init__("localhost", timeout=5)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def _last_used(auth_socket):
+    """{token name: epoch seconds} from the login verifier ({} when it does not answer)."""
+    conn = _UnixConnection(auth_socket)
+    try:
+        conn.request("GET", "/last-used")
+        return json.loads(conn.getresponse().read())
+    except (OSError, ValueError):
+        return {}
+    finally:
+        conn.close()
+
+
+def tokens(path, mode, group, auth_socket):
+    """Create, revoke or list API tokens: a JSON request on stdin, {"op": "create", "name", "sha256", "created",
+    "expires"} | {"op": "revoke", "name"} | {"op": "list"}; prints every token's name, created, expires and
+    last use as JSON. The file keeps hashes only (the token itself never comes here); the verifier
+    re-reads it when it changes."""
+    request = json.loads(sys.stdin.read())
+    lock = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two operators at once: neither change is lost
+        try:
+            with open(path) as f:
+                entries = json.load(f)["tokens"]
+        except FileNotFoundError:
+            entries = []
+        name = request.get("name")
+        if request["op"] == "create":
+            if any(t["name"] == name for t in entries):
+                raise SystemExit(f"a token named {name!r} exists already: revoke it or choose another name")
+            if len(bytes.fromhex(request["sha256"])) != 32:
+                raise SystemExit("not a SHA-256")
+            entries.append({k: request[k] for k in ("name", "sha256", "created", "expires")})
+        elif request["op"] == "revoke":
+            if not any(t["name"] == name for t in entries):
+                raise SystemExit(f"no token is named {name!r}")
+            entries = [t for t in entries if t["name"] != name]
+        if request["op"] != "list":
+            _replace(path, json.dumps({"tokens": entries}, indent=1).encode(), mode, group)
+    finally:
+        os.close(lock)
+    used = _last_used(auth_socket)
+    print(json.dumps([{"name": t["name"], "created": t["created"], "expires": t["expires"],
+                       "last_used": used.get(t["name"])} for t in entries]))
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     commands = {"backup": backup, "restore": restore, "status": status, "layers": layers, "install": install,
-                "disks": lambda *paths: print(json.dumps(disks(paths)))}
+                "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths)))}
     commands[command](*args)
