@@ -30,16 +30,21 @@ def execute(url, ca, user, password, code):
                                      header=[f"Authorization: {auth}"], origin=url,
                                      sslopt={"ca_certs": ca, "cert_reqs": ssl.CERT_REQUIRED}, timeout=60)
     try:
-        msg_id = uuid.uuid4().hex
-        ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
-                                       "session": uuid.uuid4().hex, "version": "5.3"},
-                            "parent_header": {}, "metadata": {}, "channel": "shell",
-                            "content": {"code": code, "silent": False, "store_history": False,
-                                        "user_expressions": {}, "allow_stdin": False}}))
-        while True:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
-                return msg["content"]["data"]["text/plain"]
+        return run(ws, code)
     finally:
         ws.close()
         s.delete(f"{url}/api/kernels/{kernel_id}")
+
+
+def run(ws, code):
+    """Run code over a kernel's open channels websocket; its text/plain result."""
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({"header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "test",
+                                   "session": uuid.uuid4().hex, "version": "5.3"},
+                        "parent_header": {}, "metadata": {}, "channel": "shell",
+                        "content": {"code": code, "silent": False, "store_history": False,
+                                    "user_expressions": {}, "allow_stdin": False}}))
+    while True:
+        msg = json.loads(ws.recv())
+        if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "execute_result":
+            return msg["content"]["data"]["text/plain"]

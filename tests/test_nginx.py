@@ -22,7 +22,8 @@ import pytest
 import requests
 
 import jupyter_api
-from appliance import config, layout, render
+import token_clients
+from appliance import config, layout, render, tokens
 from appliance.server import authd
 
 
@@ -34,6 +35,7 @@ def _free_port():
 
 HTTP, HTTPS = _free_port(), _free_port()  # free ones: several runs may share this machine
 PASSWORD = "nginx test password"
+IMAGE_BASE = Path(__file__).resolve().parent.parent / "images" / "base"
 pytestmark = pytest.mark.skipif(not shutil.which("nginx"), reason="needs Debian's nginx (tests/run.py installs it)")
 
 
@@ -54,7 +56,8 @@ def _listening(port):
 def _rebase(text, out, base):
     """A rendered file's server paths moved under out (files) and base (sockets)."""
     return (text.replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
-            .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth"))
+            .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth")
+            .replace(layout.NGINX_ACCESS_LOG, f"{base}/access.log"))
 
 
 def _nginx_conf(base, out):
@@ -105,13 +108,15 @@ def site():
     # As on the server: Debian's python3 and python3-bcrypt, as nginx's user.
     authd = subprocess.Popen(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
                               "/usr/bin/python3", f"{out}{layout.AUTHD}",
-                              f"--htpasswd={out}{layout.HTPASSWD}", f"--socket={base}/auth/auth.sock"])
+                              f"--htpasswd={out}{layout.HTPASSWD}", f"--tokens={out}{layout.TOKENS}",
+                              f"--socket={base}/auth/auth.sock"])
     notebooks = base / "notebooks"
     notebooks.mkdir()
     jupyter_log = open(base / "jupyter.log", "w")
     jupyter = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--allow-root",
                                 f"--config={out}{layout.JUPYTER_CONFIG}", f"--ServerApp.root_dir={notebooks}"],
-                               stdout=jupyter_log, stderr=subprocess.STDOUT, cwd=base)
+                               stdout=jupyter_log, stderr=subprocess.STDOUT, cwd=base,
+                               env={**os.environ, "PYTHONPATH": str(IMAGE_BASE)})  # the image's identity provider
     conf = _nginx_conf(base, out)
     nginx = None
     try:
@@ -122,7 +127,8 @@ def site():
         _wait(lambda: _listening(HTTP) and _listening(HTTPS), "nginx")
         yield {"cfg": cfg, "out": out, "state": state, "cert": cert, "base": base,
                "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}",
-               "authd_pid": authd.pid}
+               "authd_pid": authd.pid, "jupyter_log": base / "jupyter.log",
+               "tokens": token_clients.local_tokens_server(out / layout.TOKENS.lstrip("/"), base / "auth/auth.sock")}
     finally:
         if nginx:
             nginx.terminate()
