@@ -5,6 +5,7 @@ ports moved to free ones on 127.0.0.1; everything else is what the server
 gets.
 """
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import websocket
 
 import jupyter_api
 import token_clients
@@ -382,3 +384,146 @@ def test_a_burst_of_guesses_from_one_address_costs_at_most_the_limit(site):
     assert other == 200
     assert spent <= (authd.FAIL_LIMIT + 3) * per_check + 0.5  # the limit's checks, the right password, slack
     assert latency < (authd.FAIL_LIMIT + 2) * single + 2
+
+
+# Tokens (issue 16) ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def token(site):
+    """A token made by `provision.py token create`'s code, its hash installed by remote.py's command."""
+    return tokens.create(site["cfg"], name="harness", say=lambda _: None, server=site["tokens"])
+
+
+def _api(site, token=None, password=None, **headers):
+    """A requests session as a tool (token in the header) or a browser without its XSRF cookie (password)."""
+    s = requests.Session()
+    s.trust_env, s.verify = False, site["ca"]
+    if password:
+        s.auth = (site["cfg"].user, password)
+    if token:
+        s.headers["Authorization"] = f"token {token}"
+    s.headers.update(headers)
+    return s
+
+
+def test_a_token_needs_no_xsrf_cookie_and_a_password_still_does(site, token):
+    s = _api(site, token)
+    me = s.get(f"{site['url']}/api/me")
+    assert me.status_code == 200 and me.json()["identity"]["name"] == f"{site['cfg'].user} (token harness)"
+    kernel = s.post(f"{site['url']}/api/kernels", json={"name": "python3"})
+    assert kernel.status_code == 201, kernel.text
+    assert s.delete(f"{site['url']}/api/kernels/{kernel.json()['id']}").status_code == 204
+    browser = _api(site, password=PASSWORD)  # the browser flow as before: XSRF checked
+    assert browser.get(f"{site['url']}/api/me").json()["identity"]["name"] == site["cfg"].user
+    r = browser.post(f"{site['url']}/api/kernels", json={"name": "python3"})
+    assert r.status_code == 403 and "_xsrf" in r.text
+    assert requests.get(f"{site['url']}/?token={token}", verify=site["ca"], allow_redirects=False).status_code \
+        in (200, 302)  # the URL `token create` prints
+    ui = _api(site, password=PASSWORD).get(f"{site['url']}/lab?token={token}")
+    assert token not in ui.text  # no page config ever carries it (JupyterLab would send it on its own requests)
+
+
+def test_a_client_cannot_forge_the_trusted_header(site, token):
+    forged = {layout.TOKEN_HEADER: "harness"}
+    browser = _api(site, password=PASSWORD, **forged)
+    assert browser.get(f"{site['url']}/api/me").json()["identity"]["name"] == site["cfg"].user
+    assert browser.post(f"{site['url']}/api/kernels", json={"name": "python3"}).status_code == 403  # XSRF asked
+    for name in (layout.TOKEN_HEADER.lower(), layout.TOKEN_HEADER.replace("-", "_")):
+        r = _api(site, password=PASSWORD, **{name: "harness"}).post(f"{site['url']}/api/kernels", json={})
+        assert r.status_code == 403, name
+    assert _api(site, **forged).get(f"{site['url']}/api/status").status_code == 401  # no login, no way in
+    # a token request's header carries the verifier's name for it, not the client's
+    assert _api(site, token, **{layout.TOKEN_HEADER: "other"}).get(f"{site['url']}/api/me").json()[
+        "identity"]["name"].endswith("(token harness)")
+
+
+def test_the_token_never_reaches_jupyter_or_the_access_log(site, token):
+    r = _api(site).get(f"{site['url']}/api/contents/no-such-file?x=1&token={token}&y=2")
+    assert r.status_code == 404  # Jupyter's: it logs the URI it got
+    logged = f"/api/contents/no-such-file?x=1&y=2 ("
+    _wait(lambda: logged in site["jupyter_log"].read_text(), "Jupyter's log line")
+    assert token not in site["jupyter_log"].read_text()
+    access = site["base"] / "access.log"
+    _wait(lambda: "/api/contents/no-such-file" in access.read_text(), "nginx's log line")
+    assert token not in access.read_text()
+
+
+def test_revoked_and_expired_tokens_are_refused(site):
+    quiet = lambda _: None  # noqa: E731
+    short = tokens.create(site["cfg"], name="short-lived", say=quiet, server=site["tokens"])
+    assert _api(site, short).get(f"{site['url']}/api/status").status_code == 200
+    tokens.revoke(site["cfg"], "short-lived", say=quiet, server=site["tokens"])
+    started = time.monotonic()
+    assert _api(site, short).get(f"{site['url']}/api/status").status_code == 401
+    assert time.monotonic() - started < 1
+    expired = "an-expired-token-" + "x" * 30
+    site["tokens"]({"op": "create", "name": "expired", "created": int(time.time()) - 7200,
+                    "expires": int(time.time()) - 1, "sha256": hashlib.sha256(expired.encode()).hexdigest()})
+    assert _api(site, expired).get(f"{site['url']}/api/status").status_code == 401
+    assert requests.get(f"{site['url']}/api/status?token={expired}", verify=site["ca"]).status_code == 401
+    listed = {t["name"]: t for t in tokens.list_tokens(site["cfg"], say=quiet, server=site["tokens"])}
+    assert "short-lived" not in listed and listed["expired"]["expires"] < time.time()
+
+
+def test_token_list_shows_the_last_use(site, token):
+    assert _api(site, token).get(f"{site['url']}/api/status").status_code == 200
+    lines = []
+    listed = {t["name"]: t for t in tokens.list_tokens(site["cfg"], say=lines.append, server=site["tokens"])}
+    assert time.time() - listed["harness"]["last_used"] < 60
+    assert lines[0].split() == ["NAME", "CREATED", "EXPIRES", "LAST", "USED"]
+    assert any(line.startswith("harness ") for line in lines)
+
+
+def _token_status(source, token):
+    ctx = ssl.create_default_context(cafile=_token_status.ca)
+    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=30)
+    try:
+        conn.request("GET", f"/api/status?token={token}")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_token_guesses_are_throttled_per_client(site, token):
+    _token_status.ca = site["ca"]
+    guesses = [_token_status("127.0.0.30", f"guess-{i}") for i in range(authd.FAIL_LIMIT + 1)]
+    assert guesses == [401] * (authd.FAIL_LIMIT - 1) + [429, 429]
+    assert _token_status("127.0.0.30", token) == 429  # even the right one, for a while
+    assert _token_status("127.0.0.31", token) == 200
+
+
+def test_a_token_in_a_cross_origin_request_is_still_refused(site, token):
+    s = _api(site, token, Origin="https://evil.example")
+    assert s.post(f"{site['url']}/api/kernels", json={"name": "python3"}).status_code in (403, 404)
+    assert s.get(f"{site['url']}/api/contents").status_code in (403, 404)
+    same = _api(site, token, Origin=site["url"]).post(f"{site['url']}/api/kernels", json={"name": "python3"})
+    assert same.status_code == 201  # the same request from the appliance's own origin
+    wss = f"{site['url'].replace('https:', 'wss:')}/api/kernels/{same.json()['id']}/channels?token={token}"
+    sslopt = {"ca_certs": site["ca"], "cert_reqs": ssl.CERT_REQUIRED}
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(wss, origin="https://evil.example", sslopt=sslopt, timeout=30)
+    assert refused.value.status_code == 403
+    websocket.create_connection(wss, origin=site["url"], sslopt=sslopt, timeout=30).close()
+    _api(site, token).delete(f"{site['url']}/api/kernels/{same.json()['id']}")
+
+
+def test_jupyter_servers_gateway_client(site, token):
+    """A local Jupyter Server whose kernels run on the appliance: start one, run code, read a notebook file."""
+    notebook_file = site["base"] / "notebooks" / "from-the-appliance.txt"
+    notebook_file.write_text("hello through the gateway")
+    with token_clients.gateway(site["url"], token, site["ca"]) as (local, local_token, log):
+        kernel_id, result = token_clients.gateway_execute(local, local_token, f"open({str(notebook_file)!r}).read()")
+    assert result == "'hello through the gateway'"
+    assert token not in log.read_text()
+
+
+def test_jupyterlab_services_from_node(site, token):
+    out = token_clients.services(site["url"], token, site["ca"])
+    assert out["execute"] == "42"
+    assert out["contents"] == {"saved": 5 * 1024 * 1024, "got": 5 * 1024 * 1024, "same": True}
+    assert out["terminal"] == "marker-42"
+    assert (site["base"] / "notebooks" / "services-5mb.txt").stat().st_size == 5 * 1024 * 1024
+    quiet = lambda _: None  # noqa: E731
+    revoked = tokens.create(site["cfg"], name="node-revoked", say=quiet, server=site["tokens"])
+    tokens.revoke(site["cfg"], "node-revoked", say=quiet, server=site["tokens"])
+    assert token_clients.services(site["url"], revoked, site["ca"], check="status") == {"status": 401}

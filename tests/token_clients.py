@@ -78,7 +78,7 @@ def gateway(url, token, ca):
     log = work / "gateway.log"
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "jupyter_server", "--ServerApp.ip=127.0.0.1",
-                                    f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--no-browser",
+                                    f"--ServerApp.port={port}", "--ServerApp.port_retries=0", "--no-browser", "--allow-root",
                                     f"--ServerApp.root_dir={work}"], env=env, stdout=out, stderr=subprocess.STDOUT,
                                    cwd=work)
     local = f"http://127.0.0.1:{port}"
@@ -105,7 +105,7 @@ def gateway_execute(local, local_token, code):
     ws = websocket.create_connection(f"{local.replace('http:', 'ws:')}/api/kernels/{kernel_id}/channels",
                                      header=[f"Authorization: token {local_token}"], timeout=60)
     try:
-        return kernel_id, jupyter_api.run(ws, code)
+        return kernel_id, jupyter_api.run(ws, code, any_parent=True)
     finally:
         ws.close()
         requests.delete(f"{local}/api/kernels/{kernel_id}", headers=auth, timeout=60)

@@ -4,6 +4,9 @@
 // Prints one JSON line: what each step got.
 const { ServerConnection, KernelManager, ContentsManager, TerminalManager } = require('@jupyterlab/services');
 const WebSocket = require('ws');
+const { PageConfig } = require('@jupyterlab/coreutils');
+
+PageConfig.setOption('terminalsAvailable', 'true');  // what the page config tells a browser
 
 const serverSettings = ServerConnection.makeSettings({
   baseUrl: process.env.APPLIANCE_URL, token: process.env.APPLIANCE_TOKEN, WebSocket,
