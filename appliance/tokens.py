@@ -47,7 +47,7 @@ def _server(cfg, say, server):
 def create(cfg, name=None, expires="90d", say=print, server=None):
     """Make a token, have the server keep its hash, print it once with the URL to paste; returns the token."""
     now = int(time.time())
-    name = name or time.strftime("token-%Y%m%d-%H%M%S", time.gmtime(now))
+    name = time.strftime("token-%Y%m%d-%H%M%S", time.gmtime(now)) if name is None else name
     if not NAME.fullmatch(name):
         raise ConfigError(f"--name {name!r}: use up to 64 letters, digits, '.', '_' or '-'")
     ends = expiry(expires, now)
