@@ -17,6 +17,7 @@ from appliance import bootstrap  # noqa: E402
 from appliance.errors import ApplianceError  # noqa: E402
 
 DEBIAN_PACKAGES = ["nginx", "apache2-utils", "openssl", "debootstrap", "chromium", "openssh-client", "openssh-server",
+                   "nodejs", "npm",
                    "python3-bcrypt"]
 
 if __name__ == "__main__":
