@@ -224,7 +224,7 @@ def state_of(cfg):
 
 def up(cfg, ca_bundle=None, say=print, provision=True):
     """`up --cloud`: find or create the server, pin its host key, then provision it like `up --host`."""
-    from .. import config, deploy, ssh
+    from .. import config, ssh
     from ..state import State
     key_path, pubkey = ssh.public_key(cfg.ssh_key)
     prov = provider(cfg)
@@ -250,6 +250,7 @@ def up(cfg, ca_bundle=None, say=print, provision=True):
                                    ssh_key=key_path, ssh_host_key_fingerprint=host_key_fingerprint(
                                        record["host_key"].split()[1]))
     wait_for_port(address, port, say)
+    from .. import deploy
     return deploy.up(host_cfg, ca_bundle=ca_bundle, say=say, ready=lambda t: cloud_init_done(t, say),
                      server_ssh_port=cfg.ssh_port)
 

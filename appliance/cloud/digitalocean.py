@@ -52,7 +52,9 @@ class DigitalOcean:
         """One API call; its failures as one line."""
         from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
         try:
-            return method(*args, **kwargs)
+            found = method(*args, **kwargs)
+            # pydo hands back the error body of a documented 404 instead of raising
+            return None if isinstance(found, dict) and found.get("id") == "not_found" else found
         except ClientAuthenticationError:
             raise CloudError("DigitalOcean refused the token (DIGITALOCEAN_TOKEN): create a new one with write "
                              "scope") from None
