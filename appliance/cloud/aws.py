@@ -26,11 +26,12 @@ class AWS:
     running = "running"
 
     def __init__(self, cfg):
-        import boto3
+        import boto3.session
         self.region, self.instance_type, self.volume_gb = cfg.region or "eu-central-1", cfg.instance_type, cfg.volume_gb
         self.ssh_port, self.http_port, self.https_port = cfg.ssh_port, cfg.http_port, cfg.https_port
         self.ssh_from, self.user = cfg.ssh_from, cfg.user
-        self.ec2 = boto3.client("ec2", region_name=self.region, endpoint_url=os.environ.get(ENDPOINT_ENV) or None)
+        self.ec2 = boto3.session.Session().client(  # a session of its own: nothing cached between runs
+            "ec2", region_name=self.region, endpoint_url=os.environ.get(ENDPOINT_ENV) or None)
 
     def call(self, operation, **params):
         """One EC2 call; its failures as one line."""
