@@ -251,8 +251,33 @@ def up(cfg, ca_bundle=None, say=print, provision=True):
                                        record["host_key"].split()[1]))
     wait_for_port(address, port, say)
     from .. import deploy
-    return deploy.up(host_cfg, ca_bundle=ca_bundle, say=say, ready=lambda t: cloud_init_done(t, say),
-                     server_ssh_port=cfg.ssh_port)
+
+    def ready(target):
+        cloud_init_done(target, say)
+        if host_public:  # a new server: its first host key travelled in the user data
+            record["host_key"] = rotate_host_key(target, target_state, address, port, say)
+            state.set_cloud_server(record)
+
+    return deploy.up(host_cfg, ca_bundle=ca_bundle, say=say, ready=ready, server_ssh_port=cfg.ssh_port)
+
+
+ROTATE = ("sh -c 'rm -f /etc/ssh/ssh_host_ed25519_key /etc/ssh/ssh_host_ed25519_key.pub && "
+          "ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key && systemctl reload ssh && "
+          "cat /etc/ssh/ssh_host_ed25519_key.pub'")
+
+
+def rotate_host_key(target, target_state, address, port, say):
+    """Replace the host key that came with the user data (the provider's metadata service keeps serving it,
+    on DigitalOcean to containers on the server too) by one made there, read over the pinned connection,
+    and pin that one instead. Returns the new public key."""
+    r = target.ssh(target.sudo(ROTATE), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    new = " ".join(r.stdout.split()[:2])
+    if r.returncode != 0 or not _HOST_KEY.fullmatch(new):
+        from ..ssh import last_line
+        raise CloudError(f"could not replace the SSH host key on {address}: {last_line(r.stderr)}")
+    target_state.write("known_hosts", known_hosts_line(address, port, new))
+    say("Replaced the server's SSH host key (the first one was in the user data) and pinned the new one")
+    return new
 
 
 def cloud_init_done(target, say):
