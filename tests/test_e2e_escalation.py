@@ -37,7 +37,7 @@ def bind():
     s = socket.socket(socket.AF_UNIX)
     s.bind("SOCKET.new")
 attempt("bind beside socket", bind)
-attempt("read the server's fds", lambda: os.listdir(f"/proc/{os.getppid()}/fd"))
+attempt("read the server fds", lambda: os.listdir(f"/proc/{os.getppid()}/fd"))
 attempt("write the image", lambda: open("/opt/venv/lib/evil.pth", "w").write("import os"))
 def notebook():
     with open("NOTEBOOKS/from-kernel.txt", "w") as f:
