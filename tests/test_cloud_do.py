@@ -1,5 +1,6 @@
 """up/down/snapshot --cloud digitalocean through pydo against a fake of the v2 API that checks every request
 against DigitalOcean's OpenAPI schema. The fake starts no server (that is tests/test_e2e_cloud.py)."""
+import signal
 import subprocess
 from datetime import datetime, timedelta, timezone
 
@@ -20,7 +21,11 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", fake.token)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", fake.ca_file)
     monkeypatch.setattr(cloud, "POLL", 0.01)
+    # the fake's Ctrl+C is _thread.interrupt_main(), which does nothing while SIGINT is ignored (as it is
+    # for a test run started in the background): Python's own handler, as in a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield fake
+    signal.signal(signal.SIGINT, previous)
     fake.close()
     assert fake.errors == []  # no request the real API would have refused
 
