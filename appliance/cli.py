@@ -40,6 +40,23 @@ def _target_flags(p, server=True):
         g.add_argument("--image", help="notebook image (default scipy)")
 
 
+def _cloud_flags(p, create=False):
+    g = p.add_argument_group("cloud (credentials: $DIGITALOCEAN_TOKEN or doctl's config; AWS's standard chain)")
+    g.add_argument("--cloud", choices=("digitalocean", "aws"), required=not create,
+                   help="create the server through this provider's API instead of giving --host")
+    g.add_argument("--name", help="the server's name (default appliance): a second run finds it again")
+    g.add_argument("--region", help="region (default fra1 on DigitalOcean, eu-central-1 on AWS)")
+    if create:
+        g.add_argument("--size", help="DigitalOcean droplet size (default s-2vcpu-4gb)")
+        g.add_argument("--instance-type", help="AWS instance type (default t3.medium)")
+        g.add_argument("--volume-gb", type=int, help="size of the notebooks volume (default 10)")
+        g.add_argument("--ssh-from", metavar="CIDR", help="let SSH in only from this network (default anywhere)")
+    else:
+        g.add_argument("--config", metavar="FILE", help="TOML file with settings (same names as the flags)")
+        g.add_argument("--ssh-key", metavar="PATH", help="the SSH key registered with the provider")
+        g.add_argument("--state-dir", metavar="DIR", help="the state directory (default .appliance/)")
+
+
 def _ca_flag(p):
     p.add_argument("--ca-bundle", metavar="PATH", help="CA certificates trusted while building the image "
                    "(default: the ones this machine trusts, e.g. a TLS-intercepting proxy's; 'none': only the "
@@ -62,9 +79,23 @@ def parser():
     up = sub.add_parser("up", help="provision the server (or the local droplet) into the appliance")
     _target_flags(up)
     _ca_flag(up)
+    _cloud_flags(up, create=True)
 
-    down = sub.add_parser("down", help="stop and remove the local droplet (notebooks are kept)")
-    down.add_argument("--purge", action="store_true", help="also delete the droplet's notebooks and engine data")
+    down = sub.add_parser("down", help="stop and remove the local droplet, or destroy the --cloud server "
+                          "(notebooks are kept)")
+    down.add_argument("--purge", action="store_true", help="also delete the notebooks (local droplet: and engine "
+                      "data; --cloud: the volume, its snapshots, the firewall and the SSH key)")
+    down.add_argument("--yes", action="store_true", help="do not ask before --purge on a --cloud server")
+    _cloud_flags(down)
+    down.set_defaults(cloud=None)
+    for action in down._actions:
+        if action.dest == "cloud":
+            action.required = False
+
+    snapshot = sub.add_parser("snapshot", help="snapshot the --cloud server's notebooks volume (or list them)")
+    snapshot.add_argument("action", nargs="?", choices=("list",), help="list the snapshots instead")
+    snapshot.add_argument("--keep", type=int, default=7, metavar="N", help="keep the newest N (default 7)")
+    _cloud_flags(snapshot)
 
     status = sub.add_parser("status", help="show the appliance's health; exit 0 only when healthy")
     _target_flags(status)
@@ -100,14 +131,15 @@ def parser():
     actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="make a token; prints it once, with the URL to paste")
     _target_flags(create)
-    create.add_argument("--name", help="a name to list and revoke it by (default token-<date>-<time>)")
+    create.add_argument("--name", dest="token_name", metavar="NAME",
+                        help="a name to list and revoke it by (default token-<date>-<time>)")
     create.add_argument("--expires", default="90d", metavar="WHEN",
                         help="lifetime: hours, days or weeks (12h, 90d, 52w) or never (default 90d)")
     listing = actions.add_parser("list", help="show the tokens: name, created, expires, last used")
     _target_flags(listing)
     revoke = actions.add_parser("revoke", help="revoke a token by name; refused from the next request on")
     _target_flags(revoke)
-    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("token_name", metavar="NAME")
 
     render = sub.add_parser("render", help="write every file the server would get under DIR; touches no server")
     _target_flags(render, server=False)
@@ -124,7 +156,8 @@ def parser():
 def _config(args):
     fields = {f: getattr(args, f, None) for f in ("host", "domain", "user", "password_file", "state_dir",
                                                   "ssh_user", "ssh_port", "ssh_key", "image",
-                                                  "ssh_host_key_fingerprint")}
+                                                  "ssh_host_key_fingerprint", "cloud", "name", "region",
+                                                  "size", "instance_type", "volume_gb", "ssh_from")}
     return config.load(fields, config_file=getattr(args, "config", None))
 
 
@@ -153,13 +186,46 @@ def cmd_images(args):
 
 
 def cmd_up(args):
+    cfg = _config(args)
+    if cfg.cloud:
+        from . import cloud
+        return cloud.up(cfg, ca_bundle=args.ca_bundle, say=say) and 0
     from . import deploy
-    deploy.up(_config(args), ca_bundle=args.ca_bundle, say=say)
+    deploy.up(cfg, ca_bundle=args.ca_bundle, say=say)
 
 
 def cmd_down(args):
+    if args.cloud:
+        from . import cloud
+        cfg = _config(args)
+        if args.purge and not args.yes:
+            if not sys.stdin.isatty():
+                raise config.ConfigError("--purge deletes the notebooks volume and its snapshots: add --yes")
+            answer = input(f"Delete the server {cfg.name}, its notebooks volume and snapshots, firewall and SSH "
+                           f"key on {cfg.cloud}? Type the name to confirm: ")
+            if answer.strip() != cfg.name:
+                raise config.ConfigError("not confirmed; nothing was deleted")
+        removed = cloud.down(cfg, purge=args.purge, say=say)
+        say(f"Removed: {', '.join(removed) or 'nothing (no such server)'}")
+        if not args.purge:
+            say("Kept: the notebooks volume, its snapshots, the firewall and the SSH key (--purge removes them)")
+        return
     from . import droplet
     droplet.down(purge=args.purge, say=say)
+
+
+def cmd_snapshot(args):
+    from . import cloud
+    cfg = _config(args)
+    prov = cloud.provider(cfg)
+    if args.action == "list":
+        for snap in sorted(prov.snapshots(cfg.name), key=lambda s: (s["created"], s["name"])):
+            say(f"{snap['created']}  {snap['name']}  {snap['id']}  {snap['size_gb']} GB")
+        return
+    if args.keep < 1:
+        raise config.ConfigError(f"--keep {args.keep}: keep at least 1 snapshot")
+    made, deleted = cloud.snapshot(prov, cfg.name, args.keep, say=say)
+    say(f"Snapshot {made}" + (f"; deleted the older {', '.join(deleted)}" if deleted else ""))
 
 
 def cmd_status(args):
@@ -197,14 +263,15 @@ def cmd_token(args):
     from . import tokens
     cfg = _config(args)
     if args.action == "create":
-        tokens.create(cfg, name=args.name, expires=args.expires, say=say)
+        tokens.create(cfg, name=args.token_name, expires=args.expires, say=say)
     elif args.action == "list":
         tokens.list_tokens(cfg, say=say)
     else:
-        tokens.revoke(cfg, args.name, say=say)
+        tokens.revoke(cfg, args.token_name, say=say)
 
 
 COMMANDS = {"render": cmd_render, "build": cmd_build, "images": cmd_images, "up": cmd_up, "down": cmd_down,
+            "snapshot": cmd_snapshot,
             "status": cmd_status, "logs": cmd_logs, "backup": cmd_backup, "restore": cmd_restore,
             "passwd": cmd_passwd, "rebuild": cmd_rebuild, "token": cmd_token}
 

@@ -30,6 +30,14 @@ SYSTEM_USERS = frozenset("root daemon bin sys sync games man lp mail news uucp p
                          "systemd-coredump _chrony ntp postfix dnsmasq docker".split())
 MAX_SWAP_MB = 65536
 MAX_CPUS = 1024
+CLOUDS = ("digitalocean", "aws")
+_CLOUD_NAME = re.compile(r"(?!-)[a-z0-9-]{1,40}(?<!-)")         # the server's name (a DNS label, short enough
+                                                              # for the provider's volume and group names)
+_DO_SIZE = re.compile(r"[a-z0-9]{1,12}(-[a-z0-9]{1,12}){1,4}")  # s-2vcpu-4gb
+_DO_REGION = re.compile(r"[a-z]{3}[1-9]")                       # fra1
+_AWS_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]{4,10}-[1-9]")  # eu-central-1
+_INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,15}\.[a-z0-9]{1,15}")  # t3.medium
+MAX_VOLUME_GB = 16384
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # as OpenSSH prints it; matched whole
 
 
@@ -53,6 +61,13 @@ class Config:
     public_https_port: int = 443  # the HTTPS port the browser uses (differs behind a port mapping)
     bcrypt_rounds: int = 12
     state_dir: str = str(ROOT / ".appliance")
+    cloud: str | None = None     # create the server through "digitalocean" or "aws" (appliance/cloud)
+    name: str = "appliance"      # the cloud server's name: a second up with the same name finds it
+    region: str | None = None    # default fra1 (DigitalOcean), eu-central-1 (AWS)
+    size: str = "s-2vcpu-4gb"    # DigitalOcean droplet size
+    instance_type: str = "t3.medium"  # AWS instance type
+    volume_gb: int = 10          # the notebooks volume
+    ssh_from: str | None = None  # CIDR allowed to reach SSH through the cloud firewall (default: anywhere)
 
     @property
     def is_local(self):
@@ -140,6 +155,7 @@ def _check(cfg):
     if cfg.ssh_host_key_fingerprint is not None and not _FINGERPRINT.fullmatch(cfg.ssh_host_key_fingerprint):
         raise ConfigError(f"SSH host key fingerprint {cfg.ssh_host_key_fingerprint!r} is not like SHA256:<43 "
                           "base64 characters> (ssh-keygen -lf prints it)")
+    changes.update(_check_cloud(cfg))
     if not _TZ.fullmatch(cfg.timezone):
         raise ConfigError(f"timezone {cfg.timezone!r} is not a time zone name like UTC or Europe/Paris")
     if not _IMAGE.fullmatch(cfg.image):
@@ -157,6 +173,37 @@ def _check(cfg):
         if path is not None and not Path(path).expanduser().is_file():
             raise ConfigError(f"{name.replace('_', ' ')} {path!r} is not a readable file")
     return dataclasses.replace(cfg, **changes)
+
+
+def _check_cloud(cfg):
+    """The cloud settings (only with --cloud); returns the normalised ones."""
+    if cfg.cloud is None:
+        return {}
+    if cfg.cloud not in CLOUDS:
+        raise ConfigError(f"cloud {cfg.cloud!r} is not one of {', '.join(CLOUDS)}")
+    if cfg.host != LOCAL:
+        raise ConfigError("--cloud creates the server: give either --cloud or --host, not both")
+    if not _CLOUD_NAME.fullmatch(cfg.name):
+        raise ConfigError(f"name {cfg.name!r} is not 1-40 lower-case letters, digits and '-' (not at either end)")
+    region_grammar = _DO_REGION if cfg.cloud == "digitalocean" else _AWS_REGION
+    if cfg.region is not None and not region_grammar.fullmatch(cfg.region):
+        example = "fra1" if cfg.cloud == "digitalocean" else "eu-central-1"
+        raise ConfigError(f"region {cfg.region!r} is not a {cfg.cloud} region name like {example}")
+    if not _DO_SIZE.fullmatch(cfg.size):
+        raise ConfigError(f"size {cfg.size!r} is not a DigitalOcean size slug like s-2vcpu-4gb")
+    if not _INSTANCE_TYPE.fullmatch(cfg.instance_type):
+        raise ConfigError(f"instance type {cfg.instance_type!r} is not an EC2 instance type like t3.medium")
+    if not 1 <= cfg.volume_gb <= MAX_VOLUME_GB:
+        raise ConfigError(f"volume_gb {cfg.volume_gb} is not from 1 to {MAX_VOLUME_GB}")
+    if cfg.ssh_from is None:
+        return {}
+    try:
+        if not cfg.ssh_from.isascii() or "/" not in cfg.ssh_from:
+            raise ValueError(cfg.ssh_from)
+        return {"ssh_from": str(ipaddress.ip_network(cfg.ssh_from, strict=True))}
+    except ValueError:
+        raise ConfigError(f"--ssh-from {cfg.ssh_from!r} is not a network like 203.0.113.7/32 (no host bits "
+                          "set past the prefix)") from None
 
 
 def _coerce(field, value, source):
@@ -199,7 +246,7 @@ def load(flags=None, env=None, config_file=None):
         if env.get(key):
             values[name] = _coerce(field, env[key], f"environment variable {key}")
     values.update({k: v for k, v in (flags or {}).items() if v is not None})
-    if values.get("host") in (None, LOCAL):
+    if values.get("host") in (None, LOCAL) and not values.get("cloud"):
         # The local droplet publishes its ports on 127.0.0.1 (see appliance.droplet).
         values.setdefault("ssh_port", 2222)
         values.setdefault("public_https_port", 8443)

@@ -39,15 +39,17 @@ def nginx_version(target):
     return tuple(int(n) for n in found.groups()) if found else None
 
 
-def role_inputs(cfg):
+def role_inputs(cfg, server_ssh_port=None):
     """What every role takes from the layout and cfg; the firewall opens the ports sshd and nginx listen on
     (for the local droplet those inside it: 127.0.0.1:2222 and the like are Docker's publishes here)."""
-    ssh_port = 22 if cfg.is_local else cfg.ssh_port
+    ssh_port = server_ssh_port or (22 if cfg.is_local else cfg.ssh_port)
     return {**layout.role_vars(cfg.user), "hardening_allowed_tcp": sorted({ssh_port, cfg.http_port, cfg.https_port})}
 
 
-def up(cfg, ca_bundle=None, say=print):
-    """Provision cfg's target; returns the number of changes made."""
+def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
+    """Provision cfg's target; returns the number of changes made. `ready(target)` runs first over the first
+    connection (a cloud server: wait for cloud-init); `server_ssh_port` is sshd's port there when the one
+    reached differs (a test's port mapping)."""
     if not shutil.which("ssh"):
         bootstrap.apt_install(["openssh-client"], "SSH to the server")
     started = time.monotonic()
@@ -55,11 +57,13 @@ def up(cfg, ca_bundle=None, say=print):
     if not state.known_hosts.exists():
         say(FIRST_RUN)
     with connect(cfg, state, create=True, say=say) as (target, pubkey, work):
+        if ready:
+            ready(target)
         refuse_system_account(target, cfg.user)
         check_disk(target, cfg.user)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=state.packages(), say=say)
         extravars = {
-            **role_inputs(cfg),
+            **role_inputs(cfg, server_ssh_port),
             "base_ssh_pubkey": pubkey,
             "base_timezone": cfg.timezone,
             "base_swap_mb": cfg.swap_mb,

@@ -30,3 +30,7 @@ class DeployError(ApplianceError):
 
 class BackupError(ApplianceError):
     """A backup could not be made, or an archive is not a sound backup."""
+
+
+class CloudError(ApplianceError):
+    """A cloud provider's API refused or failed a request (token, quota, size, region)."""

@@ -4,6 +4,7 @@
 atomic (temporary file in the same directory, fsync, rename), so an
 interrupted run never leaves a half-written file behind.
 """
+import json
 import os
 import stat
 import tempfile
@@ -14,6 +15,7 @@ from .errors import StateError
 
 LOGIN = "ssh_login"  # the user SSH logs in as once the server is hardened
 PACKAGES = "packages"  # the image's extra Python packages (`rebuild --package`), one per line
+CLOUD = "cloud.json"  # the identity of a server created through a cloud API (appliance/cloud): no secret
 
 
 class State:
@@ -41,6 +43,20 @@ class State:
 
     def set_packages(self, packages):
         self.write(PACKAGES, "".join(f"{p}\n" for p in packages))
+
+    def cloud_server(self):
+        """{cloud, id, name, region, address, host_key, ...} of the server `up --cloud` created, or None."""
+        data = self.read(CLOUD)
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            raise StateError(f"{self.file(CLOUD)} is not JSON; move it away and run again") from None
+
+    def set_cloud_server(self, server):
+        if server is None:
+            self.file(CLOUD).unlink(missing_ok=True)
+        else:
+            self.write(CLOUD, json.dumps(server, indent=1, sort_keys=True) + "\n")
 
     def ensure(self):
         try:

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# boto3's credential chain would ask the instance metadata service (169.254.169.254): never from the tests
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))

@@ -162,7 +162,7 @@ def test_notebook_container_is_hardened(appliance):
 def test_secret_files_on_the_server(appliance):
     modes = in_droplet("stat", "-c", "%n %a %U %G", "/etc/appliance/htpasswd", "/etc/appliance/tls/server.key")
     assert modes.split("\n")[:2] == ["/etc/appliance/htpasswd 640 root www-data",
-                                     "/etc/appliance/tls/server.key 640 root www-data"]
+                                     "/etc/appliance/tls/server.key 600 root root"]  # nginx's master reads it
     for name in ("ca.key", "server.key", "htpasswd", "droplet_ed25519"):
         assert (Path(appliance["state"]) / "local" / name).stat().st_mode & 0o077 == 0, name
 

@@ -5,13 +5,14 @@ filesystem, Jupyter's configuration pinned to the read-only /etc/jupyter, and th
 connects to in a directory only root writes.
 """
 import json
+import subprocess
 import time
 
 import pytest
 
 import jupyter_api
 from appliance import layout
-from helpers import PASSWORD, URL, in_droplet
+from helpers import DROPLET, PASSWORD, URL, in_droplet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -36,7 +37,7 @@ def bind():
     s = socket.socket(socket.AF_UNIX)
     s.bind("SOCKET.new")
 attempt("bind beside socket", bind)
-attempt("read the server's fds", lambda: os.listdir(f"/proc/{os.getppid()}/fd"))
+attempt("read the server fds", lambda: os.listdir(f"/proc/{os.getppid()}/fd"))
 attempt("write the image", lambda: open("/opt/venv/lib/evil.pth", "w").write("import os"))
 def notebook():
     with open("NOTEBOOKS/from-kernel.txt", "w") as f:
@@ -74,7 +75,9 @@ def test_kernel_code_cannot_persist_config_replace_the_socket_or_reach_the_serve
     in_droplet("docker", "restart", layout.CONTAINER)
     wait_healthy()
     assert no_xsrf_post(appliance["ca"]) == 403
-    assert in_droplet("docker", "exec", layout.CONTAINER, "ls", "-A", layout.IMAGE_HOME).split() == ["notebooks"]
+    written = HOME_CONFIG.split(" ", 1)[1]
+    gone = subprocess.run(["docker", "exec", DROPLET, "docker", "exec", layout.CONTAINER, "test", "-e", written])
+    assert gone.returncode == 1, "the kernel's config file survived the restart"
 
 
 def test_notebook_account_has_no_power_and_shares_the_notebooks_with_the_operator(appliance):
