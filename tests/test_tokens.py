@@ -75,10 +75,10 @@ def test_bad_names_are_refused_before_anything_is_made(tmp_path, name, server):
 def test_cli_parses_the_token_commands():
     p = cli.parser()
     args = p.parse_args(["token", "create", "--name", "vscode", "--expires", "30d", "--host", "203.0.113.5"])
-    assert (args.command, args.action, args.name, args.expires, args.host) == \
+    assert (args.command, args.action, args.token_name, args.expires, args.host) == \
         ("token", "create", "vscode", "30d", "203.0.113.5")
     assert p.parse_args(["token", "create"]).expires == "90d"
-    assert p.parse_args(["token", "revoke", "vscode"]).name == "vscode"
+    assert p.parse_args(["token", "revoke", "vscode"]).token_name == "vscode"
     assert p.parse_args(["token", "list"]).action == "list"
 
 
