@@ -7,6 +7,7 @@ and the base image are made ready by the session fixtures. Quick subset while
 iterating: `python3 tests/run.py -m "not e2e"`.
 """
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -17,13 +18,13 @@ from appliance import bootstrap  # noqa: E402
 from appliance.errors import ApplianceError  # noqa: E402
 
 DEBIAN_PACKAGES = ["nginx", "apache2-utils", "openssl", "debootstrap", "chromium", "openssh-client", "openssh-server",
-                   "nodejs", "npm",
                    "python3-bcrypt"]
+NODE_PACKAGES = ["nodejs", "npm"]  # for @jupyterlab/services; only when no npm is there (another build may be)
 
 if __name__ == "__main__":
     try:
         if not bootstrap.in_venv():
-            bootstrap.apt_install(DEBIAN_PACKAGES, "the tests")
+            bootstrap.apt_install(DEBIAN_PACKAGES + (NODE_PACKAGES if not shutil.which("npm") else []), "the tests")
         bootstrap.reexec_in_venv(__file__, extras=("test",))
     except ApplianceError as exc:
         print(f"error: {exc}", file=sys.stderr)
