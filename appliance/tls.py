@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import StateError
+from .state import State
 
 CA_DAYS = 3650
 SERVER_DAYS = 365
@@ -42,21 +43,13 @@ def passphrase_dir():
     return Path(base) / "jupyter-appliance" / "ca-passphrases"
 
 
-def _passphrase_file(ca_cert):
+def _passphrase_name(ca_cert):
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    return passphrase_dir() / f"{ski.hex()}.pass"
+    return f"{ski.hex()}.pass"
 
 
-def _write_private(path, data):
-    """Create (or replace) a 0600 file in a 0700 directory."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+def _passphrase_file(ca_cert):
+    return passphrase_dir() / _passphrase_name(ca_cert)
 
 
 def _load_key(state, name):
@@ -95,7 +88,7 @@ def _load_ca_key(state, ca_cert):
 
 def _store_ca_key(state, key, ca_cert):
     passphrase = secrets.token_urlsafe(32).encode()
-    _write_private(_passphrase_file(ca_cert), passphrase)
+    State(passphrase_dir()).write(_passphrase_name(ca_cert), passphrase, secret=True)  # 0600 in a 0700 dir
     state.write("ca.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.BestAvailableEncryption(passphrase)), secret=True)
 
