@@ -9,14 +9,13 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from cryptography import x509
 from packaging.utils import canonicalize_name
 
-from . import auth, deploy, images, layout, ssh, tls
+from . import auth, console, deploy, images, layout, ssh, tls
 from .errors import BackupError, DeployError
 from .server.archive import ArchiveError, read_archive
 from .state import State
@@ -95,7 +94,7 @@ def status(cfg, as_json=False, say=print):
     """Print the appliance's state; returns 0 only when it is healthy."""
     with session(cfg, say) as (target, state):
         facts = ssh.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
-                                   f"{layout.AUTH_SERVICE}.socket", *layout.server_paths(cfg.user))
+                                f"{layout.AUTH_SERVICE}.socket", *layout.server_paths(cfg.user))
     facts["ssh_host_keys"] = ssh.pinned_host_keys(state)
     pem = facts.pop("certificate_pem")
     facts["certificate"] = None
@@ -156,22 +155,18 @@ def backup(cfg, out, say=print):
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except OSError as exc:
             raise BackupError(f"cannot create {partial}: {exc.strerror}") from None
-        with os.fdopen(fd, "wb") as f:
-            started, received, shown = time.monotonic(), 0, 0.0
+        with os.fdopen(fd, "wb") as f, console.working(f"Receiving the notebooks from {directory}", say) as ticker:
+            started, received = time.monotonic(), 0
             proc = subprocess.Popen(target.argv(target.sudo(ssh.remote_command("backup", directory))),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             while chunk := proc.stdout.read(1 << 20):
                 f.write(chunk)
                 received += len(chunk)
-                if sys.stdout.isatty() and time.monotonic() - shown > 0.5:
-                    shown = time.monotonic()
-                    print(f"\r  received {received / 1e6:.1f} MB", end="", flush=True)
+                ticker.update(f"Receiving the notebooks: {received / 1e6:.1f} MB")
             err = proc.stderr.read().decode(errors="replace").strip()
             if proc.wait() != 0:
                 partial.unlink()
                 raise BackupError(f"backup on the server failed: {ssh.last_line(err)}")
-    if shown:
-        print(flush=True)
     digests = _check_archive(partial)
     os.replace(partial, out)
     say(f"Backed up {len(digests)} files from {directory} to {out} "
@@ -186,8 +181,8 @@ def restore(cfg, archive, say=print):
     say(f"{archive}: {len(digests)} files, checksums match")
     directory = layout.notebooks_dir(cfg.user)
     with session(cfg, say) as (target, _), open(archive, "rb") as f:
-        r = ssh.remote(target, "restore", directory, cfg.user, layout.NOTEBOOK_ACCOUNT, layout.CONTAINER,
-                       stdin=f, capture_output=True, text=True)
+        r = ssh.remote(target, "restore", directory, cfg.user, layout.NOTEBOOK_ACCOUNT, layout.NOTEBOOKS_MODE,
+                       layout.CONTAINER, stdin=f, capture_output=True, text=True)
     if r.returncode != 0:
         raise BackupError("restore on the server failed, its notebooks were left as they were: "
                           f"{ssh.last_line(r.stderr)}")
@@ -204,7 +199,7 @@ def passwd(cfg, say=print):
     with session(cfg, say) as (target, state):
         where = auth.ensure_htpasswd(cfg, state, force_new=True)
         r = ssh.remote(target, "install", layout.HTPASSWD, layout.SECRET_MODE, layout.WEB_GROUP,
-                          input=state.read("htpasswd"), capture_output=True)
+                       input=state.read("htpasswd"), capture_output=True)
     if r.returncode != 0:
         raise DeployError("the new password is saved here but the server did not take it "
                           f"({r.stderr.decode(errors='replace').strip()[-200:]}); run `up` to apply it")

@@ -86,10 +86,11 @@ def backup(directory):
         tar.addfile(info, io.BytesIO(data))
 
 
-def restore(directory, user, group, container):
+def restore(directory, user, group, top_mode, container):
     """Read an archive on stdin into a new directory, check it, then swap it in; the old one is kept.
 
-    As `up` leaves them: owned by user, shared with group (group-writable, directories setgid)."""
+    As `up` leaves them: owned by user, shared with group (group-writable, directories setgid), the
+    directory itself with top_mode (octal)."""
     owner, gid = pwd.getpwnam(user), grp.getgrnam(group).gr_gid
     parent = os.path.dirname(directory.rstrip("/"))
     work = os.path.join(parent, f".restore-{os.getpid()}")
@@ -118,7 +119,7 @@ def restore(directory, user, group, container):
                 os.lchown(name, owner.pw_uid, gid)
                 mode = os.lstat(name).st_mode
                 os.chmod(name, mode | (0o2070 if stat.S_ISDIR(mode) else 0o060))
-        os.chmod(new, 0o2770)  # what `up` gives the notebooks directory (layout.NOTEBOOKS_MODE)
+        os.chmod(new, int(top_mode, 8))
         os.sync()
     except ArchiveError as exc:
         shutil.rmtree(work)
