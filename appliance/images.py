@@ -185,7 +185,7 @@ def trusted_cas(choice=None):
     """The CA bundle a build trusts: `choice` (a path, or "none"), by default what this host trusts.
 
     A host behind a TLS-intercepting proxy trusts the proxy's CA, so builds (pip inside them) work
-    where pip on the host works. The bundle also stays trusted in the running image (see docs/images.md).
+    where pip on the host works. The bundle also stays trusted in the running image (README, Requirements).
     """
     if choice is not None:
         return None if choice == "none" else choice

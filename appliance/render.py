@@ -64,7 +64,7 @@ def _refuse_outside_grammar(context):
 
 def template_context(cfg, nginx_version=None):
     """The values templates see, each checked against its grammar (the config's own checks are the first
-    wall); user is there for the tmpfiles line, which render() writes without a template."""
+    wall)."""
     return _refuse_outside_grammar({
         # nginx 1.25.1 made http2 a directive of its own and deprecated `listen ... http2`
         "http2_directive": (nginx_version or (0,)) >= HTTP2_DIRECTIVE_SINCE,
@@ -137,7 +137,7 @@ def render(cfg, state, out_dir, nginx_version=None):
 
 def role_files(files, rendered):
     """The rendered files as the Ansible roles take them: {"web_files": [...], "jupyter_files": [...]}, each
-    file with its local copy as src (ansible/roles/managed_files says what the fields mean)."""
+    file with its local copy as src (ansible/tasks/managed-files.yml says what the fields mean)."""
     out = {"web_files": [], "jupyter_files": []}
     for item in files:
         out[f"{item.role}_files"].append({"path": item.path, "mode": item.mode, "group": item.group,

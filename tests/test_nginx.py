@@ -440,7 +440,7 @@ def test_a_client_cannot_forge_the_trusted_header(site, token):
 def test_the_token_never_reaches_jupyter_or_the_access_log(site, token):
     r = _api(site).get(f"{site['url']}/api/contents/no-such-file?x=1&token={token}&y=2")
     assert r.status_code == 404  # Jupyter's: it logs the URI it got
-    logged = f"/api/contents/no-such-file?x=1&y=2 ("
+    logged = "/api/contents/no-such-file?x=1&y=2 ("
     _wait(lambda: logged in site["jupyter_log"].read_text(), "Jupyter's log line")
     assert token not in site["jupyter_log"].read_text()
     access = site["base"] / "access.log"
