@@ -10,6 +10,7 @@ Runs first in the session (conftest.py) so that nothing was built before it.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -44,10 +45,15 @@ def fresh_copy(dest):
 
 
 def forget_images_and_droplet():
-    """What a fresh machine lacks: the droplet (and its volumes), every image the tool makes."""
-    client = engine._client()
-    if client is None:  # no engine answers: the command installs or starts it itself
+    """What a fresh machine lacks: the droplet (and its volumes), every image the tool makes. An engine that
+    is installed but stopped still holds them on disk: it is started to forget them, then stopped again, so
+    the README's command has to start it itself, as a newcomer's would."""
+    if not shutil.which("dockerd"):  # no engine at all: nothing to forget, the command installs it
         return
+    client = engine._client()
+    was_stopped = client is None
+    if was_stopped:
+        client = engine.client(install=True, say=lambda msg: None)
     droplet.down(purge=True, say=lambda msg: None)
     for ref in (droplet.IMAGE, *(images.tag(name) for name in images.PARENTS), images.ROOT_IMAGE):
         try:
@@ -57,6 +63,20 @@ def forget_images_and_droplet():
                 raise
     client.images.prune(filters={"dangling": True})
     assert not [i for i in client.images.list() if any(t.startswith(("appliance/", "debian:")) for t in i.tags)]
+    if was_stopped:
+        stop_engine()
+
+
+def stop_engine():
+    """Stop the engine the way appliance/engine.py started it (systemd, else the dockerd process)."""
+    if os.path.isdir("/run/systemd/system") and shutil.which("systemctl"):
+        subprocess.run(["systemctl", "stop", "docker.socket", "docker"], capture_output=True)
+    else:
+        os.kill(int(Path("/var/run/docker.pid").read_text()), signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while engine._client() is not None:
+        assert time.monotonic() < deadline, "the Docker engine did not stop"
+        time.sleep(1)
 
 
 def newcomer_env():
