@@ -54,21 +54,33 @@ def _check_ports():
                                   "another program; stop it and run again") from None
 
 
-def _create(client, say):
-    _check_ports()
+def build_image(client, say):
+    """The droplet image (Debian 12 with systemd and sshd), from the root image made here when missing."""
     images.ensure_root_image(client, images.ROOT_IMAGE, say)
     say("Building the local droplet image (Debian 12 with systemd and sshd)")
     images.build_directory(client, "droplet", {"BASE_IMAGE": images.ROOT_IMAGE}, image_tag=IMAGE)
-    say("Starting the local droplet")
-    # --privileged fails on some hosts; these capabilities are what systemd and dockerd need.
-    host_config = client.api.create_host_config(
+    return IMAGE
+
+
+def host_config(client, ports, volumes, devices=()):
+    """A droplet container's host config: what systemd and an inner dockerd need without --privileged (which
+    fails on some hosts), its named volumes, block devices ("host:container" paths) and ports on 127.0.0.1."""
+    config = client.api.create_host_config(
         cap_add=["ALL"], cap_drop=["SYS_RESOURCE"], security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        cgroupns="host", tmpfs={"/run": "", "/run/lock": ""},
+        cgroupns="host", tmpfs={"/run": "", "/run/lock": ""}, devices=list(devices),
         binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-               **{name: {"bind": path, "mode": "rw"} for name, path in VOLUMES.items()}},
-        port_bindings={inner: ("127.0.0.1", port) for inner, port in PORTS.items()})
-    host_config.update(MaskedPaths=[], ReadonlyPaths=[])  # docker run --security-opt systempaths=unconfined
-    created = client.api.create_container(IMAGE, name=NAME, hostname="droplet", host_config=host_config,
+               **{name: {"bind": path, "mode": "rw"} for name, path in volumes.items()}},
+        port_bindings={inner: ("127.0.0.1", port) for inner, port in ports.items()})
+    config.update(MaskedPaths=[], ReadonlyPaths=[])  # docker run --security-opt systempaths=unconfined
+    return config
+
+
+def _create(client, say):
+    _check_ports()
+    build_image(client, say)
+    say("Starting the local droplet")
+    created = client.api.create_container(IMAGE, name=NAME, hostname="droplet",
+                                          host_config=host_config(client, PORTS, VOLUMES),
                                           ports=list(PORTS), detach=True)
     client.api.start(created["Id"])
     return client.containers.get(created["Id"])

@@ -25,7 +25,8 @@ def moto(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            env={"MOTO_AMIS_PATH": str(amis), "PATH": "/usr/bin:/bin"},
+                            env={"MOTO_AMIS_PATH": str(amis), "PATH": "/usr/bin:/bin",
+                                 "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true"},  # as EC2 does
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         try:
@@ -107,3 +108,48 @@ def test_no_credentials(cfg, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(CloudError, match="^no AWS credentials"):
         cloud.up(cfg, say=quiet, provision=False)
+
+
+def with_hook(cfg, event, handler):
+    """cloud.up(cfg) with `handler` registered on the provider's EC2 client for `event`."""
+    prov = cloud.provider(cfg)
+    prov.ec2.meta.events.register(event, handler)
+    import appliance.cloud as c
+    orig, c.provider = c.provider, lambda _: prov
+    try:
+        return cloud.up(cfg, say=quiet, provision=False)
+    finally:
+        c.provider = orig
+
+
+def nothing_left(cfg):
+    prov = cloud.provider(cfg)
+    return (prov.find_server(cfg.name), prov.find_volume(cfg.name), prov.find_firewall(cfg.name)) == (None,) * 3
+
+
+def test_quota_exceeded_is_one_line_and_leaves_nothing(cfg):
+    """EC2's answer when the account's vCPU limit is reached (moto does not keep limits: the answer is given
+    to botocore before the call goes out, and parsed the way botocore parses EC2's errors)."""
+    from botocore.awsrequest import AWSResponse
+
+    def refuse(**kwargs):
+        return AWSResponse("https://ec2.eu-central-1.amazonaws.com/", 400, {}, None), {
+            "Error": {"Code": "VcpuLimitExceeded", "Message": "You have requested more vCPU capacity than your "
+                      "current vCPU limit of 0 allows for the instance bucket that the specified instance type "
+                      "belongs to."}, "ResponseMetadata": {"HTTPStatusCode": 400}}
+    with pytest.raises(CloudError, match=r"^AWS quota exceeded \(VcpuLimitExceeded\): You have requested"):
+        with_hook(cfg, "before-call.ec2.RunInstances", refuse)
+    assert nothing_left(cfg)
+
+
+def test_unknown_instance_type(cfg):
+    import dataclasses
+    with pytest.raises(CloudError, match=r"^AWS refused run_instances \(Invalid[\w.]+\): .*'t3\.colossal'"):
+        cloud.up(dataclasses.replace(cfg, instance_type="t3.colossal"), say=quiet, provision=False)
+    assert nothing_left(cfg)
+
+
+def test_unknown_region(cfg):
+    import dataclasses
+    with pytest.raises(CloudError, match=r"^unknown AWS region 'eu-middle-9'"):
+        cloud.provider(dataclasses.replace(cfg, region="eu-middle-9"))

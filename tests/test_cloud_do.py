@@ -148,3 +148,12 @@ def test_fake_refuses_a_malformed_request(fake, cfg):
         prov.call(prov.client.droplets.create, {"name": "x", "region": "fra1", "size": "s-2vcpu-4gb", "image": 5.5})
     assert fake.errors and "POST /v2/droplets: body" in fake.errors[0]
     fake.errors.clear()
+
+
+def test_snapshots_in_the_same_second_get_different_names(fake, cfg):
+    cloud.up(cfg, say=quiet, provision=False)
+    prov = cloud.provider(cfg)
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    made = [cloud.snapshot(prov, cfg.name, keep=3, say=quiet, now=now)[0] for _ in range(3)]
+    assert made == ["appliance-nb1-20260101-000000", "appliance-nb1-20260101-000000-1",
+                    "appliance-nb1-20260101-000000-2"]

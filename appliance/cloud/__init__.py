@@ -89,13 +89,16 @@ def wait_for(what, check, say, timeout=SERVER_TIMEOUT):
             time.sleep(POLL)
 
 
-def wait_for_port(host, port, say, timeout=SSH_TIMEOUT):
+def wait_for_ssh(host, port, say, timeout=SSH_TIMEOUT):
+    """Until sshd greets: a port that accepts is not enough (a booting server, a NAT or proxy in front)."""
     def check():
         try:
-            with socket.create_connection((host, port), timeout=5):
-                return True, "accepting"
+            with socket.create_connection((host, port), timeout=5) as s:
+                s.settimeout(5)
+                greeting = s.recv(4)
         except OSError as exc:
             return False, exc.strerror or type(exc).__name__
+        return greeting == b"SSH-", "answering" if greeting == b"SSH-" else "no SSH greeting yet"
     wait_for(f"Waiting for SSH on {host}:{port}", check, say, timeout)
 
 
@@ -204,7 +207,9 @@ def snapshot(prov, name, keep, say=print, now=None):
     if not volume:
         raise CloudError(f"no notebooks volume for {name} in {prov.title} {prov.region}")
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    snap_name = f"appliance-{name}-{stamp}"
+    taken = {s["name"] for s in prov.snapshots(name)}
+    snap_name = next(n for n in (f"appliance-{name}-{stamp}" + (f"-{i}" if i else "") for i in range(len(taken) + 1))
+                     if n not in taken)  # two in the same second get different names
     with working(f"Snapshotting the notebooks volume as {snap_name}", say=say):
         prov.create_snapshot(name, volume, snap_name)
     deleted = []
@@ -249,7 +254,7 @@ def up(cfg, ca_bundle=None, say=print, provision=True):
     host_cfg = dataclasses.replace(cfg, cloud=None, host=address, ssh_port=port, ssh_user=record["ssh_user"],
                                    ssh_key=key_path, ssh_host_key_fingerprint=host_key_fingerprint(
                                        record["host_key"].split()[1]))
-    wait_for_port(address, port, say)
+    wait_for_ssh(address, port, say)
     from .. import deploy
 
     def ready(target):

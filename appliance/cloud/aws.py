@@ -30,8 +30,12 @@ class AWS:
         self.region, self.instance_type, self.volume_gb = cfg.region or "eu-central-1", cfg.instance_type, cfg.volume_gb
         self.ssh_port, self.http_port, self.https_port = cfg.ssh_port, cfg.http_port, cfg.https_port
         self.ssh_from, self.user = cfg.ssh_from, cfg.user
-        self.ec2 = boto3.session.Session().client(  # a session of its own: nothing cached between runs
-            "ec2", region_name=self.region, endpoint_url=os.environ.get(ENDPOINT_ENV) or None)
+        session = boto3.session.Session()  # a session of its own: nothing cached between runs
+        known = {r for partition in ("aws", "aws-us-gov", "aws-cn")
+                 for r in session.get_available_regions("ec2", partition_name=partition)}
+        if self.region not in known:  # botocore's own list: an unknown name would only fail to connect
+            raise CloudError(f"unknown AWS region {self.region!r} (e.g. eu-central-1, us-east-1)")
+        self.ec2 = session.client("ec2", region_name=self.region, endpoint_url=os.environ.get(ENDPOINT_ENV) or None)
 
     def call(self, operation, **params):
         """One EC2 call; its failures as one line."""

@@ -4,7 +4,7 @@ Every request is checked against DigitalOcean's published OpenAPI schema (do_ope
 extract_do_schema.py): a body or a query parameter the real API would refuse fails the request with 400 and
 is recorded in `errors`, which the tests assert empty. Sizes, regions, the droplet limit and the token are
 checked the way the API does (401 / 422 with its messages). "Creating" a droplet starts nothing here unless
-`on_create(droplet, user_data)` is given (the e2e tests start a local droplet there).
+a `servers` is given (tests/fakes/local_cloud.py: the e2e tests boot a local droplet there).
 """
 import _thread
 import itertools
@@ -36,8 +36,8 @@ def _route(method, path):
 
 
 class FakeDigitalOcean:
-    def __init__(self, token="do-test-token", droplet_limit=10, on_create=None, active_after=2):
-        self.token, self.droplet_limit, self.on_create, self.active_after = token, droplet_limit, on_create, active_after
+    def __init__(self, token="do-test-token", droplet_limit=10, servers=None, active_after=2):
+        self.token, self.droplet_limit, self.servers, self.active_after = token, droplet_limit, servers, active_after
         self.keys, self.firewalls, self.volumes, self.droplets, self.snapshots = {}, {}, {}, {}, {}
         self.calls, self.errors = [], []
         self.interrupt_at = None  # interrupt the client (as Ctrl+C) after this many mutating calls
@@ -228,6 +228,8 @@ class FakeDigitalOcean:
         if volume["droplet_ids"]:
             return 409, {"id": "conflict", "message": "Volume is attached to a Droplet; detach it first"}
         del self.volumes[volume["id"]]
+        if self.servers:
+            self.servers.delete_volume(volume["id"])
         return 204, None
 
     def _post_v2_volumes_volume_id_snapshots(self, p, q, body):
@@ -274,8 +276,11 @@ class FakeDigitalOcean:
         for vol in droplet["volume_ids"]:
             self.volumes[vol]["droplet_ids"] = [droplet["id"]]
         self.droplets[droplet["id"]] = droplet
-        if self.on_create:
-            self.on_create(droplet, body.get("user_data"))
+        if self.servers:  # DigitalOcean shows an attached volume at /dev/disk/by-id/scsi-0DO_Volume_<name>
+            keys = [k["public_key"] for k in self.keys.values()
+                    if str(k["id"]) in map(str, body.get("ssh_keys", [])) or k["fingerprint"] in body.get("ssh_keys", [])]
+            self.servers.boot(droplet["id"], body["name"], body.get("user_data"), keys, {
+                vol: f"/dev/disk/by-id/scsi-0DO_Volume_{self.volumes[vol]['name']}" for vol in droplet["volume_ids"]})
         return 202, {"droplet": self._show(droplet)}
 
     def _show(self, droplet):
@@ -296,6 +301,8 @@ class FakeDigitalOcean:
         droplet = self.droplets.pop(int(p["droplet_id"]), None)
         if droplet is None:
             return self._not_found()
+        if self.servers:
+            self.servers.destroy(droplet["id"])
         for vol in droplet["volume_ids"]:
             if vol in self.volumes:
                 self.volumes[vol]["droplet_ids"] = []
