@@ -4,6 +4,7 @@ found again, snapshotted, destroyed and re-created over its notebooks volume, an
 import json
 import os
 import subprocess
+import time
 
 import pytest
 import requests
@@ -128,6 +129,40 @@ def test_digitalocean_create_find_snapshot_recreate_purge(docker_client, base_im
         assert fake.resources() == {"keys": 0, "firewalls": 0, "volumes": 0, "droplets": 0, "snapshots": 0}
         assert servers.servers == {} and servers.volumes == {}
         TIMINGS["digitalocean_api_calls"] = fake.calls
+    finally:
+        servers.close()
+        fake.close()
+    assert fake.errors == []
+
+
+def test_ctrl_c_while_the_droplet_boots_leaves_nothing(docker_client, base_image, tmp_path):
+    """Ctrl+C in `up --cloud` once the droplet exists (booted, billing): it is destroyed with everything else
+    this run created, and the volume's block device is gone too."""
+    import signal
+    import sys
+    from helpers import ROOT
+    servers = local_cloud(docker_client, tmp_path, "digitalocean")
+    fake = FakeDigitalOcean(servers=servers, active_after=10 ** 6)  # stays "new": up is waiting when we stop it
+    env, flags = base_env(tmp_path, servers)
+    env.update({"DIGITALOCEAN_TOKEN": fake.token, "APPLIANCE_TEST_DIGITALOCEAN_ENDPOINT": fake.url,
+                "REQUESTS_CA_BUNDLE": fake.ca_file})
+    try:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "provision.py"), "up", "--cloud", "digitalocean", *flags],
+                                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 120
+        while not (servers.servers and fake.calls.count("GET /v2/droplets/" + str(next(iter(fake.droplets), ""))) >= 2):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        booted = servers.container(next(iter(servers.servers))).status
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        print(out)
+        assert proc.returncode == 130 and "Creation stopped: removing what this run created" in out
+        assert booted in ("created", "running")
+        assert fake.resources() == {"keys": 0, "firewalls": 0, "volumes": 0, "droplets": 0, "snapshots": 0}
+        assert servers.servers == {} and servers.volumes == {} and servers.log[-2:] == ["destroy", "delete volume"]
+        assert not [c for c in docker_client.containers.list(all=True) if c.name.startswith("appliance-cloud-")]
     finally:
         servers.close()
         fake.close()
