@@ -134,6 +134,7 @@ def _build_one(client, name, parent, root, ca_bundle, packages, progress, nocach
             "MANIFEST_PARENT": _described(client, parent), "MANIFEST_ROOT": _described(client, root)}
     if name == "base":
         args["APPLIANCE_JUPYTER_SOCKET"] = layout.IMAGE_SOCKET
+        args["APPLIANCE_USER_PACKAGES"] = layout.IMAGE_USER_PACKAGES
     built = build_directory(client, name, args, ca_bundle, progress=progress, nocache=nocache)
     try:
         text = client.containers.run(built, ["cat", MANIFEST_PATH], entrypoint=[], remove=True)

@@ -59,7 +59,7 @@ finally:
 """
 
 SECOND = 1_000_000_000
-FAST_HEALTH = {"test": ["CMD", "/opt/venv/bin/python", "/opt/appliance/healthcheck.py"],
+FAST_HEALTH = {"test": ["CMD", "/opt/venv/bin/python", "-s", "/opt/appliance/healthcheck.py"],
                "interval": SECOND, "timeout": 5 * SECOND, "retries": 60, "start_period": 0}
 SCIPY_STACK = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "seaborn", "statsmodels", "nltk")
 NOTEBOOKS = "/home/ds/notebooks"
