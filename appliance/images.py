@@ -36,6 +36,11 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 TAIL = 30  # log lines shown when a build fails
 
 
+def is_package(spec):
+    """Whether spec is NAME or NAME==VERSION that the Dockerfile's RUN may take as it is."""
+    return bool(_PACKAGE.match(spec))
+
+
 def tag(name):
     return f"appliance/{name}:latest"
 
@@ -164,7 +169,7 @@ def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=N
     layer of `name` only.
     """
     for package in packages:
-        if not _PACKAGE.match(package):
+        if not is_package(package):
             raise ImageError(f"{package!r} is not a package requirement like NAME or NAME==VERSION")
     names = chain(name)
     root = base_image or PARENTS[names[0]]
