@@ -140,3 +140,10 @@ def test_a_failed_build_bakes_and_forgets_nothing(tmp_path, monkeypatch):
     with pytest.raises(ops.images.ImageError):
         ops.rebuild(cfg, bake=True, say=lambda m: None)
     assert state.packages() == ()
+
+
+def test_the_package_the_end_to_end_test_installs_is_in_no_lock():
+    """test_e2e_packages.py installs pyfiglet with %pip: it must not already be in the image."""
+    from appliance import images
+    for name in ("base", "scipy"):
+        assert "\npyfiglet==" not in (images.IMAGES / name / "requirements.lock").read_text()

@@ -98,7 +98,8 @@ def test_notebook_account_has_no_power_and_shares_the_notebooks_with_the_operato
 
 
 PTH_PROBE = ("import os, site; p = os.path.join(site.getusersitepackages(), 'zz-probe.pth'); "
-             "open(p, 'w').write(\"import sys; open('/tmp/pth-ran', 'a').write(' '.join(sys.orig_argv) + '\\\\n')\\n\"); p")
+             "open(p, 'w').write(\"import sys; open('/tmp/pth-ran', 'a')"
+             ".write(' '.join(sys.orig_argv) + '\\\\n')\\n\"); p")
 
 
 def test_a_pth_in_the_package_directory_runs_in_kernels_only(appliance):
