@@ -93,7 +93,7 @@ def test_the_server_forgets_only_the_baked_versions_file_by_file(user_base):
 
 def test_a_server_without_the_account_is_a_clear_error(user_base):
     r = remote("user_packages", str(user_base), "no-such-account-here")
-    assert r.returncode != 0 and "no-such-account-here" in r.stderr
+    assert r.returncode != 0 and r.stderr.strip() == "the server has no account no-such-account-here: run `up` first"
 
 
 def test_bakeable_takes_only_index_packages_with_a_clean_name():

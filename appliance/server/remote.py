@@ -293,7 +293,10 @@ def tokens(path, mode, group, auth_socket):
 
 def _as_account(account, work, *args):
     """work(*args) in a child process that is `account` (no supplementary groups); its JSON-able result."""
-    entry = pwd.getpwnam(account)
+    try:
+        entry = pwd.getpwnam(account)
+    except KeyError:
+        sys.exit(f"the server has no account {account}: run `up` first")
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
