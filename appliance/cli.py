@@ -125,6 +125,8 @@ def parser():
     rebuild.add_argument("--package", action="append", default=[], metavar="NAME==VER",
                          help="add (or change the version of) a Python package; remembered for later runs")
     rebuild.add_argument("--clear-packages", action="store_true", help="drop the packages added before")
+    rebuild.add_argument("--bake", action="store_true", help="add what notebooks installed with %%pip install "
+                         "(kept on the server beside the notebooks) to the image, then remove it from there")
     _ca_flag(rebuild)
 
     token = sub.add_parser("token", help="API tokens for tools (VS Code, a local JupyterLab, scripts)")
@@ -255,8 +257,8 @@ def cmd_passwd(args):
 
 def cmd_rebuild(args):
     from . import ops
-    ops.rebuild(_config(args), packages=tuple(args.package), clear=args.clear_packages, ca_bundle=args.ca_bundle,
-                say=say)
+    ops.rebuild(_config(args), packages=tuple(args.package), clear=args.clear_packages, bake=args.bake,
+                ca_bundle=args.ca_bundle, say=say)
 
 
 def cmd_token(args):

@@ -36,6 +36,11 @@ _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)")
 TAIL = 30  # log lines shown when a build fails
 
 
+def is_package(spec):
+    """Whether spec is NAME or NAME==VERSION that the Dockerfile's RUN may take as it is."""
+    return bool(_PACKAGE.match(spec))
+
+
 def tag(name):
     return f"appliance/{name}:latest"
 
@@ -134,6 +139,7 @@ def _build_one(client, name, parent, root, ca_bundle, packages, progress, nocach
             "MANIFEST_PARENT": _described(client, parent), "MANIFEST_ROOT": _described(client, root)}
     if name == "base":
         args["APPLIANCE_JUPYTER_SOCKET"] = layout.IMAGE_SOCKET
+        args["APPLIANCE_USER_PACKAGES"] = layout.IMAGE_USER_PACKAGES
     built = build_directory(client, name, args, ca_bundle, progress=progress, nocache=nocache)
     try:
         text = client.containers.run(built, ["cat", MANIFEST_PATH], entrypoint=[], remove=True)
@@ -163,7 +169,7 @@ def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=N
     layer of `name` only.
     """
     for package in packages:
-        if not _PACKAGE.match(package):
+        if not is_package(package):
             raise ImageError(f"{package!r} is not a package requirement like NAME or NAME==VERSION")
     names = chain(name)
     root = base_image or PARENTS[names[0]]

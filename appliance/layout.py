@@ -46,6 +46,7 @@ JUPYTER_SOCKET_DIR_MODE = "02750"           # the socket is bound as root there 
 JUPYTER_SOCKET = f"{JUPYTER_SOCKET_DIR}/jupyter.sock"
 JUPYTER_TMPFILES = "/etc/tmpfiles.d/appliance-jupyter.conf"  # recreates the socket directory at boot
 NOTEBOOKS_MODE = "02770"                    # <user>:NOTEBOOK_ACCOUNT: the operator and Jupyter share them
+PACKAGES_MODE = "0700"                      # NOTEBOOK_ACCOUNT's own: nobody else writes (or reads) there
 
 # Inside the image (images/base/Dockerfile makes these directories; it takes the socket as a build argument).
 IMAGE_NOTEBOOKS = "/home/ds/notebooks"      # the image's notebook directory
@@ -53,6 +54,10 @@ IMAGE_JUPYTER_CONFIG = "/etc/jupyter/jupyter_server_config.py"
 IMAGE_SOCKET_DIR = "/run/jupyter"
 IMAGE_SOCKET = f"{IMAGE_SOCKET_DIR}/jupyter.sock"
 IMAGE_HOME = "/home/ds"                     # HOME in the image: a private tmpfs in the running container
+# What a notebook's `%pip install` adds: the kernels' Python user base (PYTHONUSERBASE, a build argument),
+# bind-mounted from packages_dir(user). Under the venv (sys.prefix) on purpose: pip upgrades and uninstalls
+# only what lies under sys.prefix (docs/images.md, "%pip install that sticks").
+IMAGE_USER_PACKAGES = "/opt/venv/user-packages"
 
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 DOCKER_DATA = "/var/lib/docker"
@@ -65,6 +70,12 @@ SWAP_FILE = "/swapfile"
 def notebooks_dir(user):
     """The notebooks directory on the server (mounted into the container)."""
     return f"/home/{user}/notebooks"
+
+
+def packages_dir(user):
+    """What notebooks installed with `%pip install`, on the server beside the notebooks (mounted into the
+    container at IMAGE_USER_PACKAGES); `rebuild --bake` moves it into the image."""
+    return f"/home/{user}/notebook-packages"
 
 
 def sudoers_file(user):
@@ -107,6 +118,9 @@ def role_vars(user):
         "jupyter_socket_dir_mode": JUPYTER_SOCKET_DIR_MODE,
         "jupyter_notebooks_dir": notebooks_dir(user),
         "jupyter_notebooks_mode": NOTEBOOKS_MODE,
+        "jupyter_packages_dir": packages_dir(user),
+        "jupyter_packages_mode": PACKAGES_MODE,
+        "jupyter_image_packages": IMAGE_USER_PACKAGES,
         "jupyter_config": JUPYTER_CONFIG,
         "jupyter_image_notebooks": IMAGE_NOTEBOOKS,
         "jupyter_image_socket_dir": IMAGE_SOCKET_DIR,

@@ -1,4 +1,4 @@
-"""Day-2 commands on a provisioned appliance: status, logs, backup, restore, passwd, rebuild.
+"""Day-2 commands on a provisioned appliance: status, logs, backup, restore, passwd, rebuild (and --bake).
 
 Each reaches the server the way `up` does (the local droplet without --host)
 and runs the server side of its work through remote.py.
@@ -214,11 +214,60 @@ def _merge(old, new):
     return tuple(sorted(by_name.values(), key=str.lower))
 
 
-def rebuild(cfg, packages=(), clear=False, ca_bundle=None, say=print):
-    """Build the image with the target's extra packages and roll it out; returns `up`'s change count."""
+def bakeable(found):
+    """NAME==VERSION of each package notebooks installed (remote.py `user_packages`), for the image's last
+    layer; refuses, changing nothing, what the package index cannot give the build again."""
+    direct = sorted(p["name"] for p in found if p["direct"])
+    if direct:
+        raise DeployError(f"{', '.join(direct)} came from a URL or a local path, not the package index, so "
+                          "the image cannot install it again: `%pip uninstall` it (or install it from the "
+                          "index) and bake again; nothing was changed")
+    specs = [f"{p['name']}=={p['version']}" for p in found]
+    bad = [spec for spec in specs if not images.is_package(spec)]
+    if bad:
+        raise DeployError(f"the package directory holds {bad[0]!r}, which is not NAME==VERSION; nothing was "
+                          "changed")
+    return _merge((), specs)
+
+
+def _user_packages(cfg, say):
+    with session(cfg, say) as (target, _):
+        return bakeable(ssh.remote_json(target, "user_packages", layout.packages_dir(cfg.user),
+                                        layout.NOTEBOOK_ACCOUNT))
+
+
+def _forget_user_packages(cfg, baked, say):
+    """Delete from the package directory what the image now holds (only those versions: whatever a
+    notebook installed meanwhile stays)."""
+    pairs = json.dumps([spec.split("==") for spec in baked])
+    with session(cfg, say) as (target, _):
+        r = ssh.remote(target, "forget_user_packages", layout.packages_dir(cfg.user), layout.NOTEBOOK_ACCOUNT,
+                       input=pairs, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DeployError("the image holds the baked packages, but removing them from the package directory "
+                          f"failed ({ssh.last_line(r.stderr)}); the image's copies come first, so nothing "
+                          "breaks: run `rebuild --bake` again to tidy up")
+    return json.loads(r.stdout)
+
+
+def rebuild(cfg, packages=(), clear=False, bake=False, ca_bundle=None, say=print):
+    """Build the image with the target's extra packages and roll it out; returns `up`'s change count.
+
+    bake: first add what notebooks installed with `%pip install` (the package directory on the server), and
+    once the new image runs, delete those from the directory: they live in the image's last layer, its
+    manifest and the state's package list from then on. A --package for the same name wins.
+    """
     state = State(cfg.target_dir).ensure()
-    wanted = _merge(() if clear else state.packages(), packages)
+    baked = _user_packages(cfg, say) if bake else ()
+    if bake:
+        say(f"Installed by notebooks: {', '.join(baked) or 'nothing'}")
+    wanted = _merge(() if clear else state.packages(), (*baked, *packages))
     images.build(cfg.image, ca_bundle=ca_bundle, packages=wanted, say=say)  # a failed build stores nothing
     state.set_packages(wanted)
     say(f"Extra packages: {', '.join(wanted) or 'none'}")
-    return deploy.up(cfg, ca_bundle=ca_bundle, say=say)
+    changes = deploy.up(cfg, ca_bundle=ca_bundle, say=say)
+    if baked:
+        removed = _forget_user_packages(cfg, baked, say)
+        say(f"Baked into the image: {', '.join(baked)}; removed from {layout.packages_dir(cfg.user)}: "
+            f"{', '.join(removed) or 'nothing'}")
+    return changes

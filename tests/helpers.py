@@ -45,3 +45,13 @@ def rewrite_archive(archive, change):
                 member.size = len(data)
             dst.addfile(member, io.BytesIO(data) if data is not None else None)
     return out.getvalue()
+
+
+def wait_jupyter_healthy(timeout=120):
+    """Seconds until the droplet's notebook container reports healthy again (fails after timeout)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if in_droplet("docker", "inspect", "-f", "{{.State.Health.Status}}", layout.CONTAINER).strip() == "healthy":
+            return round(time.monotonic() - started, 1)
+        time.sleep(1)
+    raise AssertionError("the notebook container did not become healthy again")

@@ -95,3 +95,25 @@ def test_notebook_account_has_no_power_and_shares_the_notebooks_with_the_operato
     in_droplet("su", "ds", "-s", "/bin/sh", "-c", f"echo '{made}' > {notebooks}/shared.txt")  # the operator edits it
     assert jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD,
                                f"open('{layout.IMAGE_NOTEBOOKS}/shared.txt').read()").strip("'\\n") == made
+
+
+PTH_PROBE = ("import os, site; p = os.path.join(site.getusersitepackages(), 'zz-probe.pth'); "
+             "open(p, 'w').write(\"import sys; open('/tmp/pth-ran', 'a')"
+             ".write(' '.join(sys.orig_argv) + '\\\\n')\\n\"); p")
+
+
+def test_a_pth_in_the_package_directory_runs_in_kernels_only(appliance):
+    """The package directory is the one place besides the notebooks a kernel writes and a restart keeps; the
+    code there (a .pth runs at every start of Python) reaches new kernels, never the entry point or the
+    healthcheck (root) nor Jupyter Server, so it cannot switch the XSRF or origin checks off."""
+    planted = jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, PTH_PROBE).strip("'")
+    assert planted.startswith(layout.IMAGE_USER_PACKAGES + "/")
+    try:
+        in_droplet("docker", "restart", layout.CONTAINER)
+        wait_healthy()  # at least one healthcheck, as root, ran since
+        ran = jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, "open('/tmp/pth-ran').read()")
+        assert "ipykernel_launcher" in ran, ran
+        assert "start.py" not in ran and "healthcheck.py" not in ran, ran
+        assert no_xsrf_post(appliance["ca"]) == 403
+    finally:
+        jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, f"import os; os.remove({planted!r})")

@@ -2,11 +2,13 @@
 import io
 import json
 import os
+import re
 import time
+from pathlib import Path
 
 import pytest
 
-from appliance import images
+from appliance import cli, images, layout
 
 pytestmark = pytest.mark.docker
 
@@ -59,10 +61,25 @@ finally:
 """
 
 SECOND = 1_000_000_000
-FAST_HEALTH = {"test": ["CMD", "/opt/venv/bin/python", "/opt/appliance/healthcheck.py"],
+FAST_HEALTH = {"test": ["CMD", "/opt/venv/bin/python", "-s", "/opt/appliance/healthcheck.py"],
                "interval": SECOND, "timeout": 5 * SECOND, "retries": 60, "start_period": 0}
-SCIPY_STACK = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "seaborn", "statsmodels", "nltk")
+SCIPY_STACK = ("numpy", "pandas", "scipy", "scikit-learn", "matplotlib", "seaborn", "statsmodels", "nltk",
+               "ipywidgets", "ipympl", "dask", "distributed", "numba", "pyarrow", "jupyterlab-git")
 NOTEBOOKS = "/home/ds/notebooks"
+# The module each requested distribution is imported as, where the two names differ.
+MODULES = {"scikit-learn": "sklearn", "scikit-image": "skimage", "beautifulsoup4": "bs4",
+           "protobuf": "google.protobuf"}
+WORKSPACE = (Path(__file__).resolve().parent / "scipy_workspace.py").read_text()
+
+
+def requested(name):
+    """The distributions images/<name>/requirements.in asks for, by canonical name (as the manifest has them)."""
+    names = []
+    for line in (images.IMAGES / name / "requirements.in").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.append(re.sub(r"[-_.]+", "-", re.split(r"[=<>!~\[; ]", line)[0]).lower())
+    return names
 
 
 def run_python(containers, image, code, *args, **kwargs):
@@ -184,3 +201,87 @@ def test_unknown_image_and_bad_packages_are_clear_errors():
             images.build("scipy", packages=(bad,))
     with pytest.raises(images.ImageError, match="not built here"):
         images.manifest("appliance/never-built:latest")
+
+
+def test_every_requested_package_imports_in_the_scipy_image(built_images, containers):
+    names = requested("scipy")
+    assert {"ipywidgets", "ipympl", "dask", "distributed", "jupyterlab-git", "tables", "pyarrow"} <= set(names)
+    modules = [MODULES.get(name, name.replace("-", "_")) for name in names]
+    code = ("import importlib, json, sys; failed = {}\nfor m in json.loads(sys.argv[1]):\n    try:\n"
+            "        importlib.import_module(m)\n    except Exception as exc:\n        failed[m] = repr(exc)\n"
+            "print(json.dumps(failed))")
+    failed = json.loads(run_python(containers, built_images["scipy"], code, json.dumps(modules),
+                                   environment={"MPLBACKEND": "Agg"}))
+    assert failed == {}
+
+
+def test_the_scipy_set_works(built_images, containers):
+    """Each package does one small real thing: numba compiles, dask and distributed compute, the file formats
+    round-trip, ipympl makes its canvas..."""
+    out = json.loads(run_python(containers, built_images["scipy"], WORKSPACE).strip().splitlines()[-1])
+    assert out == {"numba": 45.0, "numexpr": 12.0, "bottleneck": 2.0, "dask": 10000, "distributed": 42, "pickles": 5,
+                   "pyarrow": True, "h5py": [0, 1, 2], "tables": True, "sqlalchemy": 3, "openpyxl": True,
+                   "xlrd": True, "sympy": "x**3/3", "skimage": 0.0, "bokeh": True, "altair": "point", "bs4": "hi",
+                   "protobuf": "t", "ipywidgets": 3, "ipympl": "Canvas", "extensions": True}
+
+
+def test_images_lists_every_requested_package(built_images, capsys):
+    manifest = images.manifest("scipy")
+    assert manifest["packages"]["dask"] == manifest["packages"]["distributed"] == "2026.8.0"
+    assert cli.run(["images", "--image", "scipy"]) == 0
+    shown = capsys.readouterr().out
+    for name in requested("scipy"):
+        assert f"  {name}=={manifest['packages'][name]}\n" in shown, name
+
+
+def test_jupyterlab_finds_the_widget_and_git_extensions_and_git(built_images, containers):
+    c = containers(built_images["scipy"], ["sh", "-c", "git --version; git config --system --get-all safe.directory; "
+                                           "jupyter server extension list 2>&1; jupyter labextension list 2>&1"],
+                   entrypoint=[])
+    assert c.wait(timeout=120)["StatusCode"] == 0, c.logs().decode()[-3000:]
+    out = re.sub(r"\x1b\[[0-9;]*m", "", c.logs().decode())  # jupyter colours "enabled" and "OK"
+    assert re.search(r"^git version 2\.", out, re.M) and re.search(r"^\*$", out, re.M)
+    assert re.search(r"jupyterlab_git enabled", out) and re.search(r"nbdime enabled", out)
+    for extension in ("@jupyter-widgets/jupyterlab-manager", "jupyter-matplotlib", "@jupyterlab/git"):
+        assert re.search(rf"{re.escape(extension)} v\S+ enabled\s+OK", out), (extension, out[-3000:])
+
+
+def test_pip_install_goes_to_the_mounted_user_base_and_never_reaches_the_server(built_images, containers, tmp_path):
+    """As the appliance runs it (root with SETUID/SETGID only, read-only root filesystem, the package directory
+    mounted): `pip install` with no flags lands in the mounted directory and imports in a new container; pip
+    refuses another version of an image package; a .pth planted there runs in kernels, never in the entry point,
+    the healthcheck (both root) or Jupyter Server."""
+    packages = tmp_path / "notebook-packages"
+    packages.mkdir()
+    os.chown(packages, 1000, 1000)
+    packages.chmod(0o700)
+    run = {"user": "0:0", "environment": {"APPLIANCE_NB_UID": "1000", "APPLIANCE_NB_GID": "1000"},
+           "cap_drop": ["ALL"], "cap_add": ["SETUID", "SETGID"], "security_opt": ["no-new-privileges"],
+           "read_only": True, "tmpfs": {"/tmp": "mode=1777", "/run/jupyter": "mode=0755",
+                                        layout.IMAGE_HOME: "uid=1000,gid=1000,mode=0700"},
+           "volumes": {str(packages): {"bind": layout.IMAGE_USER_PACKAGES, "mode": "rw"}}}
+    install = containers(built_images["scipy"], ["python", "-m", "pip", "install", "pyfiglet==1.0.4"], **run)
+    assert install.wait(timeout=300)["StatusCode"] == 0, install.logs().decode()[-3000:]
+    site = packages / "lib/python3.11/site-packages"
+    assert (site / "pyfiglet").is_dir() and (site / "pyfiglet").stat().st_uid == 1000
+    other = containers(built_images["scipy"], ["python", "-m", "pip", "install", "numpy==2.3.5"], **run)
+    assert other.wait(timeout=300)["StatusCode"] != 0
+    assert "lack sys.path precedence to numpy" in other.logs().decode()
+    (site / "zz-probe.pth").write_text("import os, sys; open('/tmp/pth-ran', 'a').write(' '.join(sys.orig_argv) + "
+                                       "'\\n')\n")
+    os.chown(site / "zz-probe.pth", 1000, 1000)
+    c = containers(built_images["scipy"], healthcheck=FAST_HEALTH, **run)
+    wait_healthy(c)
+    time.sleep(2)  # a few more healthchecks, as root
+    kernel = c.exec_run(["python", "-c", KERNEL], user="1000:1000")
+    assert kernel.output.decode().strip().endswith("42"), kernel.output.decode()[-2000:]
+    imported = c.exec_run(["python", "-c", "import pyfiglet, numpy; print(pyfiglet.__file__, numpy.__version__)"],
+                          user="1000:1000").output.decode()
+    assert imported.startswith(f"{layout.IMAGE_USER_PACKAGES}/lib/python3.11/site-packages/pyfiglet/"), imported
+    assert imported.split()[-1] == images.manifest("scipy")["packages"]["numpy"]
+    ran = c.exec_run(["cat", "/tmp/pth-ran"]).output.decode()
+    assert "ipykernel_launcher" in ran, ran
+    assert "start.py" not in ran and "healthcheck.py" not in ran, ran
+    every = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done"
+    server = c.exec_run(["sh", "-c", every]).output.decode()
+    assert re.search(r"python -s /opt/appliance/start.py --serve", server), server

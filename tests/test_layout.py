@@ -118,3 +118,40 @@ def test_firewall_opens_the_configured_ports(flags, ports, tmp_path):
     assert _allow_task_runs(ports, UFW_HEAD + allowed) == (ports != [22, 80, 443])  # 22/80/443 open, 2200 not
     opened = "".join(f"{p}/tcp                    ALLOW IN    Anywhere\n" for p in ports)
     assert not _allow_task_runs(ports, UFW_HEAD + opened)  # all there: nothing to do
+
+
+def test_image_keeps_what_notebooks_install_away_from_root_and_jupyter_server():
+    """The kernels' user base is the layout's; every Python the image starts as root, or as Jupyter Server,
+    skips the user site (-s), so what a notebook installed never runs there (docs/images.md)."""
+    dockerfile = (ROOT / "images/base/Dockerfile").read_text()
+    assert "ARG APPLIANCE_USER_PACKAGES\n" in dockerfile
+    assert "PYTHONUSERBASE=${APPLIANCE_USER_PACKAGES}" in dockerfile
+    assert re.search(r"mkdir -p .*\"\$\{APPLIANCE_USER_PACKAGES\}\"", dockerfile)
+    assert "python3 -m venv --system-site-packages /opt/venv" in dockerfile
+    assert layout.IMAGE_USER_PACKAGES.startswith("/opt/venv/")  # under sys.prefix: pip upgrades and uninstalls it
+    assert 'ENTRYPOINT ["/opt/venv/bin/python", "-s", ' in dockerfile
+    assert 'CMD ["/opt/venv/bin/python", "-s", "/opt/appliance/healthcheck.py"]' in dockerfile
+    for name in ("base", "scipy"):
+        text = (ROOT / f"images/{name}/Dockerfile").read_text()
+        runs = re.findall(r"\bpython (?!-s)\S+", text.replace("python3 -m venv", ""))
+        assert runs == [], (name, runs)
+    start = (ROOT / "images/base/start.py").read_text()
+    assert '[sys.executable, "-s", __file__, SERVE]' in start
+    images = (ROOT / "appliance/images.py").read_text()
+    assert 'args["APPLIANCE_USER_PACKAGES"] = layout.IMAGE_USER_PACKAGES' in images
+
+
+def test_the_package_directory_is_the_notebook_accounts_alone():
+    role = layout.role_vars("ds")
+    assert role["jupyter_packages_dir"] == "/home/ds/notebook-packages"
+    assert role["jupyter_packages_dir"] != role["jupyter_notebooks_dir"]
+    assert role["jupyter_packages_mode"] == "0700"
+    assert role["jupyter_image_packages"] == layout.IMAGE_USER_PACKAGES
+    tasks = yaml.safe_load((ROOT / "ansible/roles/jupyter/tasks/main.yml").read_text())
+    made = [t["ansible.builtin.file"] for t in tasks if t.get("ansible.builtin.file", {}).get("path")
+            == "{{ jupyter_packages_dir }}"]
+    assert made == [{"path": "{{ jupyter_packages_dir }}", "state": "directory", "owner": "{{ jupyter_account }}",
+                     "group": "{{ jupyter_account }}", "mode": "{{ jupyter_packages_mode }}"}]
+    run = next(t["community.docker.docker_container"] for t in tasks if "community.docker.docker_container" in t)
+    assert {"type": "bind", "source": "{{ jupyter_packages_dir }}",
+            "target": "{{ jupyter_image_packages }}"} in run["mounts"]

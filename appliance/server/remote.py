@@ -5,7 +5,10 @@ COMMAND ARGS`), preceded by archive.py's (appliance.server.remote_source);
 nothing of it stays on the server. Server paths and names come as arguments
 (from appliance/layout.py on the operator's side).
 """
+import csv
+import email.parser
 import fcntl
+import glob
 import grp
 import gzip
 import hashlib
@@ -14,6 +17,7 @@ import io
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import ssl
@@ -284,8 +288,122 @@ def tokens(path, mode, group, auth_socket):
                        "last_used": used.get(t["name"])} for t in entries]))
 
 
+# What notebooks installed with `%pip install` (a Python user base): read and deleted as the notebook
+# account, never as root, so a link or a RECORD line the account planted reaches only what it owns anyway.
+
+def _as_account(account, work, *args):
+    """work(*args) in a child process that is `account` (no supplementary groups); its JSON-able result."""
+    try:
+        entry = pwd.getpwnam(account)
+    except KeyError:
+        sys.exit(f"the server has no account {account}: run `up` first")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(entry.pw_gid)
+            os.setuid(entry.pw_uid)
+            answer = {"result": work(*args)}
+        except Exception as exc:  # reported by the parent
+            answer, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
+        with os.fdopen(write_end, "w") as out:
+            out.write(json.dumps(answer))
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as got:
+        text = got.read()
+    os.waitpid(pid, 0)
+    answer = json.loads(text or '{"error": "the child process died"}')
+    if "error" in answer:
+        sys.exit(f"as {account}: {answer['error']}")
+    return answer["result"]
+
+
+def _canonical(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed(directory):
+    """Each distribution under the user base `directory`: name, version, whether it came from a URL or a
+    local path (pip's direct_url.json) rather than an index, and where its .dist-info is."""
+    found = []
+    for site in sorted(glob.glob(os.path.join(glob.escape(directory), "lib", "python*", "site-packages"))):
+        for entry in sorted(os.listdir(site)):
+            info = os.path.join(site, entry)
+            if not entry.endswith(".dist-info") or not os.path.isdir(info):
+                continue
+            try:
+                with open(os.path.join(info, "METADATA"), encoding="utf-8", errors="replace") as f:
+                    headers = email.parser.HeaderParser().parsestr(f.read(1 << 16))
+            except OSError:
+                continue
+            found.append({"name": headers.get("Name", ""), "version": headers.get("Version", ""),
+                          "direct": os.path.exists(os.path.join(info, "direct_url.json")),
+                          "site": site, "dist_info": entry})
+    return found
+
+
+def _listed(directory):
+    if not os.path.isdir(directory):
+        return []  # a server provisioned before the directory existed
+    return [{k: d[k] for k in ("name", "version", "direct")} for d in _installed(directory)]
+
+
+def _prune(directory, touched):
+    """Remove each directory in `touched`, and its parents up to the top of `directory`, once it holds
+    nothing but a byte-code cache (deepest first)."""
+    for path in sorted(touched, key=lambda p: -p.count(os.sep)):
+        while path.startswith(directory + os.sep) and os.path.isdir(path) and \
+                not [e for e in os.listdir(path) if e != "__pycache__"]:
+            shutil.rmtree(path, ignore_errors=True)
+            path = os.path.dirname(path)
+
+
+def _remove(directory, wanted):
+    """Delete each (name, version) of `wanted` the way pip would: every file its RECORD lists (inside
+    `directory` only), then its .dist-info; returns the NAME==VERSION removed."""
+    directory = os.path.realpath(directory)
+    removed = []
+    for d in _installed(directory):
+        if [_canonical(d["name"]), d["version"]] not in [[_canonical(n), v] for n, v in wanted]:
+            continue
+        info = os.path.join(d["site"], d["dist_info"])
+        try:
+            with open(os.path.join(info, "RECORD"), newline="", encoding="utf-8") as f:
+                paths = [row[0] for row in csv.reader(f) if row]
+        except OSError:
+            paths = []
+        touched = set()
+        for rel in paths:
+            path = os.path.normpath(os.path.join(d["site"], rel))
+            if path.startswith(directory + os.sep) and (os.path.islink(path) or os.path.isfile(path)):
+                os.unlink(path)
+                touched.add(os.path.dirname(path))
+        shutil.rmtree(info, ignore_errors=True)
+        _prune(d["site"], touched - {d["site"]})
+        removed.append(f"{d['name']}=={d['version']}")
+    return removed
+
+
+def user_packages(directory, account):
+    """What notebooks installed under the user base `directory` (JSON [{name, version, direct}]), read as
+    `account`."""
+    print(json.dumps(_as_account(account, _listed, directory)))
+
+
+def forget_user_packages(directory, account):
+    """Delete from `directory` the packages stdin names (JSON [[name, version], ...]: those `rebuild
+    --bake` put into the image), as `account`; prints the NAME==VERSION removed (JSON)."""
+    wanted = [[str(n), str(v)] for n, v in json.loads(sys.stdin.read())]
+    print(json.dumps(_as_account(account, _remove, directory, wanted)))
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     commands = {"backup": backup, "restore": restore, "status": status, "layers": layers, "install": install,
-                "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths)))}
+                "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths))),
+                "user_packages": user_packages, "forget_user_packages": forget_user_packages}
     commands[command](*args)

@@ -7,9 +7,14 @@ APPLIANCE_NB_GID: no capability survives the switch, and no-new-privileges keeps
 and JupyterLab on that socket. Started as any other user (a plain `docker run` of the image), it runs
 tini and JupyterLab, which binds the socket itself. A command given to the container runs instead of
 JupyterLab, under tini, as the notebook account.
+
+Python's user site (PYTHONUSERBASE, where a notebook's `%pip install` goes; bind-mounted from the server)
+is the kernels' alone: this script runs with -s as root (the image's ENTRYPOINT) and starts Jupyter Server
+with -s, so nothing a notebook installed runs as root or inside the server that checks XSRF and origins.
 """
 import ctypes
 import os
+import site
 import socket
 import sys
 
@@ -32,6 +37,15 @@ def become_notebook_account(bind):
     os.setgid(gid)
     os.setuid(uid)
     return listening
+
+
+def make_user_site():
+    """The user site-packages directory, made as the notebook account: Python puts it on a kernel's sys.path
+    only if it exists when the kernel starts, and a `%pip install` into it should import without a restart."""
+    try:
+        os.makedirs(site.getusersitepackages(), exist_ok=True)
+    except OSError:
+        pass  # not mounted (a plain `docker run`): the image's own directory is read-only to this account
 
 
 def serve():
@@ -57,4 +71,5 @@ if __name__ == "__main__":
     if os.geteuid() == 0 and "APPLIANCE_NB_UID" in os.environ:
         bound = become_notebook_account(bind=not command)
     os.umask(0o002)  # the notebooks are shared with the operator's group
-    os.execv(TINI, [TINI, "--", *(command or [sys.executable, __file__, SERVE])])
+    make_user_site()
+    os.execv(TINI, [TINI, "--", *(command or [sys.executable, "-s", __file__, SERVE])])
