@@ -40,6 +40,16 @@ def _target_flags(p, server=True):
         g.add_argument("--image", help="notebook image (default scipy)")
 
 
+def _worker_flags(p):
+    g = p.add_argument_group("Dask cluster (docs/cluster.md)")
+    g.add_argument("--workers", type=int, metavar="N", help="N local worker droplets (0: no cluster; default: as "
+                   "the last up)")
+    g.add_argument("--worker-host", action="append", metavar="HOST", help="a worker server, with --host "
+                   "(repeatable; default: as the last up)")
+    g.add_argument("--worker-memory", metavar="SIZE", help="each worker's memory limit, e.g. 2g (default: 75%% "
+                   "of the worker server's RAM)")
+
+
 def _cloud_flags(p, create=False):
     g = p.add_argument_group("cloud (credentials: $DIGITALOCEAN_TOKEN or doctl's config; AWS's standard chain)")
     g.add_argument("--cloud", choices=("digitalocean", "aws"), required=not create,
@@ -79,6 +89,7 @@ def parser():
     up = sub.add_parser("up", help="provision the server (or the local droplet) into the appliance")
     _target_flags(up)
     _ca_flag(up)
+    _worker_flags(up)
     _cloud_flags(up, create=True)
 
     down = sub.add_parser("down", help="stop and remove the local droplet, or destroy the --cloud server "
@@ -103,7 +114,9 @@ def parser():
 
     logs = sub.add_parser("logs", help="print the notebook server's, nginx's or the login verifier's log")
     _target_flags(logs)
-    logs.add_argument("--service", choices=("jupyter", "nginx", "auth"), default="jupyter",
+    logs.add_argument("--worker", metavar="NAME", help="with --service dask-worker: which worker (default the first)")
+    logs.add_argument("--service", choices=("jupyter", "nginx", "auth", "dask-scheduler", "dask-worker"),
+                      default="jupyter",
                       help="whose log (default jupyter)")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines (Ctrl+C ends)")
 
@@ -159,7 +172,10 @@ def _config(args):
     fields = {f: getattr(args, f, None) for f in ("host", "domain", "user", "password_file", "state_dir",
                                                   "ssh_user", "ssh_port", "ssh_key", "image",
                                                   "ssh_host_key_fingerprint", "cloud", "name", "region",
-                                                  "size", "instance_type", "volume_gb", "ssh_from")}
+                                                  "size", "instance_type", "volume_gb", "ssh_from", "workers",
+                                                  "worker_memory")}
+    if getattr(args, "worker_host", None):
+        fields["worker_hosts"] = ",".join(args.worker_host)
     return config.load(fields, config_file=getattr(args, "config", None))
 
 
@@ -237,7 +253,7 @@ def cmd_status(args):
 
 def cmd_logs(args):
     from . import ops
-    return ops.logs(_config(args), service=args.service, follow=args.follow, say=say)
+    return ops.logs(_config(args), service=args.service, follow=args.follow, say=say, worker=args.worker)
 
 
 def cmd_backup(args):

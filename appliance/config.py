@@ -38,6 +38,7 @@ _DO_REGION = re.compile(r"[a-z]{3}[1-9]")                       # fra1
 _AWS_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]{4,10}-[1-9]")  # eu-central-1
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,15}\.[a-z0-9]{1,15}")  # t3.medium
 MAX_VOLUME_GB = 16384
+MAX_LOCAL_WORKERS = 8
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # as OpenSSH prints it; matched whole
 
 
@@ -68,6 +69,9 @@ class Config:
     instance_type: str = "t3.medium"  # AWS instance type
     volume_gb: int = 10          # the notebooks volume
     ssh_from: str | None = None  # CIDR allowed to reach SSH through the cloud firewall (default: anywhere)
+    workers: int | None = None   # Dask workers: this many local worker droplets; None = as the last up had
+    worker_hosts: str = ""       # Dask workers with --host: these servers, comma-separated ("" = as last time)
+    worker_memory: str = "0"     # each worker's memory limit ("2g"); "0" = 75% of the worker server's RAM
 
     @property
     def is_local(self):
@@ -93,6 +97,15 @@ class Config:
     @property
     def target_dir(self):
         return Path(self.state_dir) / self.host
+
+    def worker_list(self, remembered=()):
+        """The worker servers ("local-1".. for local worker droplets, else --worker-host names): as asked,
+        else as `remembered` from the last up; --workers 0 means none."""
+        if self.workers == 0:
+            return ()
+        if self.is_local:
+            return tuple(f"{LOCAL}-{i}" for i in range(1, self.workers + 1)) if self.workers else tuple(remembered)
+        return tuple(h for h in self.worker_hosts.split(",") if h) or tuple(remembered)
 
 
 def validate_hostname(value, what):
@@ -156,6 +169,7 @@ def _check(cfg):
         raise ConfigError(f"SSH host key fingerprint {cfg.ssh_host_key_fingerprint!r} is not like SHA256:<43 "
                           "base64 characters> (ssh-keygen -lf prints it)")
     changes.update(_check_cloud(cfg))
+    changes.update(_check_workers(cfg))
     if not _TZ.fullmatch(cfg.timezone):
         raise ConfigError(f"timezone {cfg.timezone!r} is not a time zone name like UTC or Europe/Paris")
     if not _IMAGE.fullmatch(cfg.image):
@@ -173,6 +187,22 @@ def _check(cfg):
         if path is not None and not Path(path).expanduser().is_file():
             raise ConfigError(f"{name.replace('_', ' ')} {path!r} is not a readable file")
     return dataclasses.replace(cfg, **changes)
+
+
+def _check_workers(cfg):
+    if cfg.workers is not None and not 0 <= cfg.workers <= MAX_LOCAL_WORKERS:
+        raise ConfigError(f"workers {cfg.workers} is not from 0 to {MAX_LOCAL_WORKERS}")
+    if cfg.workers and not cfg.is_local:
+        raise ConfigError("--workers makes local worker droplets: with --host, name the workers with --worker-host")
+    hosts = [validate_host(h) for h in cfg.worker_hosts.split(",") if h] if cfg.worker_hosts else []
+    if hosts and cfg.is_local:
+        raise ConfigError("--worker-host needs --host (the local droplet's workers come from --workers N)")
+    if LOCAL in hosts or len(set(hosts)) != len(hosts) or cfg.host in hosts:
+        raise ConfigError("--worker-host: each worker once, none of them the appliance's server or 'local'")
+    memory = cfg.worker_memory.lower()
+    if not (cfg.worker_memory.isascii() and _SIZE.fullmatch(memory)):
+        raise ConfigError(f"worker memory {cfg.worker_memory!r} is not 0 or a size like 2g or 512m")
+    return {"worker_hosts": ",".join(hosts), "worker_memory": memory}
 
 
 def _check_cloud(cfg):
@@ -208,7 +238,7 @@ def _check_cloud(cfg):
 
 def _coerce(field, value, source):
     """Turn a value from a config file or the environment into the field's type."""
-    kind = field.type if field.type in (int, float) else str
+    kind = int if field.type == int | None else field.type if field.type in (int, float) else str
     if not isinstance(value, bool):
         try:
             if kind is str and isinstance(value, (str, int)):

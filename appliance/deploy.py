@@ -11,7 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import bootstrap, images, layout, render, tls
+from . import bootstrap, cluster, images, layout, render, tls
 from .errors import DeployError
 from .playbook import run_playbook
 from .ship import ship_image
@@ -71,15 +71,25 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
             "jupyter_memory": cfg.memory,
             "jupyter_cpus": cfg.cpus,
         }
+        base_vars = dict(extravars)  # what a worker server's server.yml takes too
         changed = run_playbook(target, "server.yml", extravars, say)
         target.close()
         target = operator_login(target, cfg.user, state)
         changed += bool(ship_image(target, tag, say))
+        workers = cluster.wanted(cfg, state, say)  # the Dask workers (local ones made now: their addresses)
+        gone = [w for w in state.workers() if w["name"] not in {x["name"] for x in workers}]
+        cluster.retire(target, [w["name"] for w in gone], say)
+        cluster.release(cfg, state, gone, say)
+        changed += len(gone)
         rendered = Path(work) / "render"  # after server.yml: its package lists say which nginx comes
-        files = render.render(cfg, state, rendered, nginx_version=nginx_version(target))
-        extravars.update(render.role_files(files, rendered))
+        files = render.render(cfg, state, rendered, nginx_version=nginx_version(target), cluster=bool(workers))
+        extravars.update(render.role_files(files, rendered), dask_image_tag=tag,
+                         **cluster.appliance_vars(state, workers, cluster.appliance_address(cfg) if workers else ""))
         changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
         target.close()  # the operator's connection (connect() closes the first one)
+    for worker in workers:
+        changed += cluster.provision_worker(cfg, state, worker, workers, tag, base_vars, say)
+    state.set_workers([{k: w[k] for k in ("name", "host", "port", "address")} for w in workers])
     say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}")
     say(f"  open:          {cfg.url}")
     say(f"  login:         {cfg.user}, with {where}")

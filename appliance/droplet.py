@@ -4,6 +4,8 @@ It boots systemd, runs sshd and (once provisioned) its own Docker engine, and
 is reached over SSH on 127.0.0.1:2222 exactly like a cloud server. Notebooks
 live in a named volume, so `down` without --purge keeps them.
 """
+import contextlib
+import dataclasses
 import io
 import socket
 import tarfile
@@ -36,21 +38,46 @@ def _ssh_key(state):
     return state.file(KEY), public + b" appliance-operator\n"
 
 
-def _container(client):
+WORKER_SSH_PORT = 2300  # worker droplet i: 127.0.0.1:2300+i -> its sshd
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One droplet container: the appliance's (index 0) or Dask worker droplet `index`."""
+    index: int = 0
+
+    @property
+    def name(self):
+        return f"appliance-worker-{self.index}" if self.index else NAME
+
+    @property
+    def what(self):
+        return f"worker droplet {self.index}" if self.index else "local droplet"
+
+    @property
+    def ports(self):
+        return {22: WORKER_SSH_PORT + self.index} if self.index else PORTS
+
+    @property
+    def volumes(self):
+        return {f"{self.name}-docker": "/var/lib/docker"} if self.index else VOLUMES
+
+
+def _container(client, spec=Spec()):
     try:
-        return client.containers.get(NAME)
+        return client.containers.get(spec.name)
     except docker.errors.NotFound:
         return None
 
 
-def _check_ports():
-    for inner, port in PORTS.items():
+def _check_ports(spec):
+    for inner, port in spec.ports.items():
         with socket.socket() as s:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("127.0.0.1", port))
             except OSError:
-                raise DeployError(f"port 127.0.0.1:{port} (the local droplet's {inner}) is already taken by "
+                raise DeployError(f"port 127.0.0.1:{port} (the {spec.what}'s {inner}) is already taken by "
                                   "another program; stop it and run again") from None
 
 
@@ -75,13 +102,13 @@ def host_config(client, ports, volumes, devices=()):
     return config
 
 
-def _create(client, say):
-    _check_ports()
+def _create(client, spec, say):
+    _check_ports(spec)
     build_image(client, say)
-    say("Starting the local droplet")
-    created = client.api.create_container(IMAGE, name=NAME, hostname="droplet",
-                                          host_config=host_config(client, PORTS, VOLUMES),
-                                          ports=list(PORTS), detach=True)
+    say(f"Starting the {spec.what}")
+    created = client.api.create_container(IMAGE, name=spec.name, hostname=spec.name.replace("appliance-", ""),
+                                          host_config=host_config(client, spec.ports, spec.volumes),
+                                          ports=list(spec.ports), detach=True)
     client.api.start(created["Id"])
     return client.containers.get(created["Id"])
 
@@ -105,35 +132,67 @@ def _wait_for_ssh(port, timeout=120):
         except OSError:
             pass
         time.sleep(0.5)
-    raise DeployError(f"the local droplet's sshd did not answer on 127.0.0.1:{port} within {timeout} s")
+    raise DeployError(f"the droplet's sshd did not answer on 127.0.0.1:{port} within {timeout} s")
 
 
-def ensure(cfg, say=print, create=True):
-    """How to reach the local droplet over SSH; it is created or started only when create is true."""
+def ensure(cfg, say=print, create=True, index=0):
+    """How to reach the local droplet (or worker droplet `index`) over SSH, and its address on Docker's
+    bridge (where the droplets reach each other); it is created or started only when create is true."""
+    spec = Spec(index)
     client = engine.client(install=create, say=say)
     key_path, public = _ssh_key(State(cfg.target_dir).ensure())
-    container = _container(client)
+    container = _container(client, spec)
     created = container is None
     if not create and (created or container.status != "running"):
-        raise DeployError("the local droplet is not running; `provision.py up` starts it")
+        raise DeployError(f"the {spec.what} is not running; `provision.py up` starts it")
     if created:
-        container = _create(client, say)
+        container = _create(client, spec, say)
     elif container.status != "running":
-        say("Starting the local droplet")
+        say(f"Starting the {spec.what}")
         container.start()
     _authorize(container, public)
-    _wait_for_ssh(PORTS[22])
-    return {"host": "127.0.0.1", "port": PORTS[22], "user": "root", "key": str(key_path), "created": created}
+    _wait_for_ssh(spec.ports[22])
+    container.reload()
+    return {"host": "127.0.0.1", "port": spec.ports[22], "user": "root", "key": str(key_path), "created": created,
+            "address": container.attrs["NetworkSettings"]["IPAddress"]}
+
+
+def address(index=0):
+    """The droplet's address on Docker's bridge, where the droplets reach each other."""
+    container = _container(engine.client(), Spec(index))
+    if container is None:
+        raise DeployError(f"the {Spec(index).what} is not running; `provision.py up` starts it")
+    return container.attrs["NetworkSettings"]["IPAddress"]
+
+
+def remove(client, spec, say):
+    container = _container(client, spec)
+    if container is not None:
+        say(f"Stopping and removing the {spec.what}")
+        container.stop(timeout=20)
+        container.remove(force=True)
+    return container is not None
+
+
+def remove_worker(index, say=print):
+    """A worker droplet and its engine's data (it keeps nothing of the user's)."""
+    client = engine.client()
+    remove(client, Spec(index), say)
+    for name in Spec(index).volumes:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.volumes.get(name).remove(force=True)
+
+
+def worker_indexes():
+    return sorted(int(c.name.rsplit("-", 1)[1]) for c in engine.client().containers.list(
+        all=True, filters={"name": "appliance-worker-"}) if c.name.rsplit("-", 1)[1].isdigit())
 
 
 def down(purge=False, say=print):
     client = engine.client()
-    container = _container(client)
-    if container is not None:
-        say("Stopping and removing the local droplet")
-        container.stop(timeout=20)
-        container.remove(force=True)
-    else:
+    for index in worker_indexes():
+        remove_worker(index, say)
+    if not remove(client, Spec(), say):
         say("No local droplet is running")
     for name in VOLUMES if purge else ():
         try:

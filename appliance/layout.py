@@ -59,6 +59,18 @@ IMAGE_HOME = "/home/ds"                     # HOME in the image: a private tmpfs
 # only what lies under sys.prefix (docs/images.md, "%pip install that sticks").
 IMAGE_USER_PACKAGES = "/opt/venv/user-packages"
 
+# The Dask cluster (appliance/cluster.py, ansible/roles/dask): host networking, the firewall lets only peers in.
+DASK_SCHEDULER_PORT = 8786
+DASK_DASHBOARD_PORT = 8787                  # on the scheduler's loopback; nginx proxies /dask/ to it
+DASK_WORKER_PORT = 8788
+DASK_NANNY_PORT = 8789
+DASK_SCHEDULER_CONTAINER = "dask-scheduler"
+DASK_WORKER_CONTAINER = "dask-worker"
+DASK_TLS_DIR = f"{ETC}/dask"                # root:NOTEBOOK_ACCOUNT 0750; keys 0640
+DASK_CLIENT_DIR = f"{DASK_TLS_DIR}/client"  # the notebook container's: the CA, its certificate and key
+DASK_IMAGE_TLS_DIR = "/etc/dask"            # where the container sees its directory (read-only)
+DASK_SPILL_DIR = "/var/lib/dask"            # a worker's spill-to-disk directory
+
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 DOCKER_DATA = "/var/lib/docker"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/10-appliance.conf"
@@ -125,6 +137,13 @@ def role_vars(user):
         "jupyter_image_notebooks": IMAGE_NOTEBOOKS,
         "jupyter_image_socket_dir": IMAGE_SOCKET_DIR,
         "jupyter_image_config": IMAGE_JUPYTER_CONFIG,
+        "dask_account": NOTEBOOK_ACCOUNT,
+        "dask_image_home": IMAGE_HOME,
+        "dask_tls_dir": DASK_TLS_DIR,
+        "dask_image_tls_dir": DASK_IMAGE_TLS_DIR,
+        "dask_spill_dir": DASK_SPILL_DIR,
+        "dask_scheduler_container": DASK_SCHEDULER_CONTAINER,
+        "dask_worker_container": DASK_WORKER_CONTAINER,
         "hardening_sshd_dropin": SSHD_DROPIN,
         "hardening_auto_upgrades": AUTO_UPGRADES,
     }

@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from packaging.utils import canonicalize_name
 
-from . import auth, console, deploy, images, layout, ssh, tls
+from . import auth, cluster, console, deploy, images, layout, ssh, tls
 from .errors import BackupError, DeployError
 from .server.archive import ArchiveError, read_archive
 from .state import State
@@ -24,6 +24,8 @@ LOGS = {
     "jupyter": f"docker logs --tail 200 {{follow}} {layout.CONTAINER}",
     "nginx": "tail -n 100 {follow} /var/log/nginx/access.log /var/log/nginx/error.log",
     "auth": f"journalctl --no-pager -n 100 {{follow}} -u {layout.AUTH_SERVICE}.service",
+    "dask-scheduler": f"docker logs --tail 200 {{follow}} {layout.DASK_SCHEDULER_CONTAINER}",
+    "dask-worker": f"docker logs --tail 200 {{follow}} {layout.DASK_WORKER_CONTAINER}",
 }
 
 
@@ -86,6 +88,11 @@ def _report(cfg, facts):
     m = facts["memory"]
     lines.append(f"  memory:      {m['available'] / 1e9:.1f} GB available of {m['total'] / 1e9:.1f} GB")
     lines.append(f"  server up:   {_duration(facts['server_uptime_s'])}")
+    for w in facts["dask_workers"]:
+        tasks = ", ".join(f"{n} {k}" for k, n in sorted(w["tasks"].items()) if n) or "no tasks"
+        lines.append(f"  dask worker {w['name']}: {w['status']}, {w['threads']} threads, memory "
+                     f"{(w['memory'] or 0) / 1e6:.0f} MB of {(w['memory_limit'] or 0) / 1e6:.0f} MB, {tasks} "
+                     f"({w['address']})")
     lines += [f"  problem: {p}" for p in facts["problems"]]
     return "\n".join(lines)
 
@@ -95,6 +102,8 @@ def status(cfg, as_json=False, say=print):
     with session(cfg, say) as (target, state):
         facts = ssh.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
                                 f"{layout.AUTH_SERVICE}.socket", *layout.server_paths(cfg.user))
+        expected = [w["name"] for w in state.workers()]
+        facts["dask_workers"], dask_problems = cluster.workers_status(target, expected) if expected else ([], [])
     facts["ssh_host_keys"] = ssh.pinned_host_keys(state)
     pem = facts.pop("certificate_pem")
     facts["certificate"] = None
@@ -103,7 +112,7 @@ def status(cfg, as_json=False, say=print):
         expires = cert.not_valid_after_utc
         facts["certificate"] = {"expires": expires.isoformat(), "sha256": tls.fingerprint(cert),
                                 "days_left": (expires - datetime.datetime.now(datetime.timezone.utc)).days}
-    facts["problems"] = _problems(facts)
+    facts["problems"] = _problems(facts) + dask_problems
     facts["healthy"] = not facts["problems"]
     say(json.dumps(facts, indent=2) if as_json else _report(cfg, facts))
     return 0 if facts["healthy"] else 1
@@ -111,11 +120,24 @@ def status(cfg, as_json=False, say=print):
 
 # logs ---------------------------------------------------------------------------------------------------
 
-def logs(cfg, service="jupyter", follow=False, say=print):
+@contextlib.contextmanager
+def _worker_session(cfg, name, say):
+    state = State(cfg.target_dir).ensure()
+    workers = state.workers()
+    found = next((w for w in workers if name in (None, w["name"])), None)
+    if found is None:
+        raise DeployError(f"no Dask worker {name!r}: the workers are {', '.join(w['name'] for w in workers)}"
+                          if name and workers else "this appliance has no Dask workers (up --workers N)")
+    with cluster.worker_target(cfg, state, {**found, "created": False}) as (target, _, _):
+        yield target, state
+
+
+def logs(cfg, service="jupyter", follow=False, say=print, worker=None):
     command = LOGS[service].format(follow="-f" if follow else "")
     if follow:  # stop the follower on the server when this end goes away (its stdin then ends)
         command = "sh -c " + shlex.quote(f"{command} & f=$!; cat >/dev/null; kill $f")
-    with session(cfg, say) as (target, _):
+    where = _worker_session(cfg, worker, say) if service == "dask-worker" else session(cfg, say)
+    with where as (target, _):
         proc = subprocess.Popen(target.argv(target.sudo(command)),
                                 stdin=subprocess.PIPE if follow else subprocess.DEVNULL)
         try:

@@ -28,7 +28,8 @@ GRAMMAR = {"managed": r"[A-Za-z0-9 ,.;]+", "server_names": _NAME,
            "auth_socket": _PATH, "web_group": r"[a-z_][a-z0-9_-]{0,31}", "jupyter_socket": _PATH,
            "container_socket": _PATH, "notebook_dir": _PATH, "client_max_body_size": r"[1-9][0-9]*[kmg]?",
            "user": r"[a-z_][a-z0-9_-]{0,31}", "tokens": _PATH, "token_header": r"X-[A-Za-z-]{1,64}",
-           "identity_provider": r"[a-z_]+(\.[A-Za-z_]+)+", "access_log": _PATH}
+           "identity_provider": r"[a-z_]+(\.[A-Za-z_]+)+", "access_log": _PATH,
+           "dask_dashboard": r"(127\.0\.0\.1:[0-9]{1,5})?"}
 PORTS = ("http_port", "https_port")
 
 
@@ -62,9 +63,9 @@ def _refuse_outside_grammar(context):
     return context
 
 
-def template_context(cfg, nginx_version=None):
+def template_context(cfg, nginx_version=None, cluster=False):
     """The values templates see, each checked against its grammar (the config's own checks are the first
-    wall)."""
+    wall). cluster: a Dask cluster runs (its dashboard is proxied under /dask/)."""
     return _refuse_outside_grammar({
         # nginx 1.25.1 made http2 a directive of its own and deprecated `listen ... http2`
         "http2_directive": (nginx_version or (0,)) >= HTTP2_DIRECTIVE_SINCE,
@@ -89,6 +90,7 @@ def template_context(cfg, nginx_version=None):
         "notebook_dir": layout.IMAGE_NOTEBOOKS,
         "client_max_body_size": CLIENT_MAX_BODY_SIZE,
         "user": cfg.user,
+        "dask_dashboard": f"127.0.0.1:{layout.DASK_DASHBOARD_PORT}" if cluster else "",
     })
 
 
@@ -101,11 +103,11 @@ def prepare(cfg, interactive=None, env=None):
     return state, cert, where
 
 
-def render(cfg, state, out_dir, nginx_version=None):
+def render(cfg, state, out_dir, nginx_version=None, cluster=False):
     """Write every server file under out_dir; returns the list of ServerFile. nginx_version (a tuple) is the
     server's, when known: it decides the http2 syntax (the form every version takes when unknown)."""
     env = environment()
-    context = template_context(cfg, nginx_version)
+    context = template_context(cfg, nginx_version, cluster)
     public, secret, web = layout.FILE_MODE, layout.SECRET_MODE, layout.WEB_GROUP
     nginx, auth_service, jupyter = layout.NGINX, layout.AUTH_SERVICE, layout.CONTAINER
     contents = {

@@ -15,6 +15,7 @@ from .errors import StateError
 
 LOGIN = "ssh_login"  # the user SSH logs in as once the server is hardened
 PACKAGES = "packages"  # the image's extra Python packages (`rebuild --package`), one per line
+WORKERS = "workers.json"  # the Dask worker servers (appliance/cluster.py): names and addresses, no secret
 CLOUD = "cloud.json"  # the identity of a server created through a cloud API (appliance/cloud): no secret
 
 
@@ -57,6 +58,14 @@ class State:
             self.file(CLOUD).unlink(missing_ok=True)
         else:
             self.write(CLOUD, json.dumps(server, indent=1, sort_keys=True) + "\n")
+
+    def workers(self):
+        """The Dask worker servers of the last up ([{"name", "host", "address"}])."""
+        data = self.read(WORKERS)
+        return json.loads(data) if data else []
+
+    def set_workers(self, workers):
+        self.write(WORKERS, json.dumps(workers, indent=1, sort_keys=True) + "\n")
 
     def ensure(self):
         try:

@@ -130,7 +130,7 @@ def test_taken_port_for_the_local_droplet(monkeypatch):
         port = busy.getsockname()[1]
         monkeypatch.setattr(droplet, "PORTS", {22: port})
         with pytest.raises(DeployError, match=f"127.0.0.1:{port} .* is already taken"):
-            droplet._check_ports()
+            droplet._check_ports(droplet.Spec())
 
 
 # Every value that reaches a file on the server or Ansible, with the forms a regex writer forgets. Each is

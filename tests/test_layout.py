@@ -152,6 +152,7 @@ def test_the_package_directory_is_the_notebook_accounts_alone():
             == "{{ jupyter_packages_dir }}"]
     assert made == [{"path": "{{ jupyter_packages_dir }}", "state": "directory", "owner": "{{ jupyter_account }}",
                      "group": "{{ jupyter_account }}", "mode": "{{ jupyter_packages_mode }}"}]
-    run = next(t["community.docker.docker_container"] for t in tasks if "community.docker.docker_container" in t)
+    run = next(t for t in tasks if "community.docker.docker_container" in t)
+    assert run["community.docker.docker_container"]["mounts"] == "{{ jupyter_mounts + jupyter_dask_mounts }}"
     assert {"type": "bind", "source": "{{ jupyter_packages_dir }}",
-            "target": "{{ jupyter_image_packages }}"} in run["mounts"]
+            "target": "{{ jupyter_image_packages }}"} in run["vars"]["jupyter_mounts"]

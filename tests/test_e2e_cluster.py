@@ -1,0 +1,144 @@
+"""A Dask cluster on the session's local droplet: `up --workers 2` makes two worker droplets; a notebook
+kernel's `Client()` reaches the scheduler with no arguments, over mutual TLS; the dashboard is behind the
+login; a worker killed mid-computation does not change the answer; the same `up` again changes nothing;
+`--workers 1` retires one; `--workers 0` takes the cluster away again (as the other tests expect)."""
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+
+import jupyter_api
+from helpers import ARTIFACTS, PASSWORD, URL, provision
+
+pytestmark = pytest.mark.e2e
+TIMINGS = {}
+
+CONNECT = """
+import json
+from dask.distributed import Client
+client = Client(timeout=60)
+client.wait_for_workers({n}, timeout=180)
+"""
+
+SPREAD = CONNECT + """
+import dask.array as da
+from dask.distributed import wait
+x = da.random.RandomState(0).random((4000, 4000), chunks=(500, 500)).persist()
+wait(x)
+holders = {{w for ws in client.who_has(x).values() for w in ws}}
+json.dumps({{"workers": len(client.scheduler_info()["workers"]), "holders": len(holders),
+             "sum": round(float(x.sum().compute()), 3), "expected": round(float(x.compute().sum()), 3),
+             "address": client.scheduler.address}})
+"""
+
+# tasks of half a second each, 4 threads in all: about 10 s, long enough to kill a worker in the middle
+SLOW = CONNECT + """
+import time
+def slow(i):
+    time.sleep(0.5)
+    return i * i
+futures = client.map(slow, range(80), pure=False)
+json.dumps({{"total": sum(client.gather(futures)), "expected": sum(i * i for i in range(80))}})
+"""
+
+NO_CERTIFICATE = """
+import json, os, ssl
+from dask.distributed import Client
+from distributed.security import Security
+address = os.environ["DASK_SCHEDULER_ADDRESS"]
+tried = {}
+for name, security in [
+        ("tls, the CA but no client certificate", Security(tls_ca_file="/etc/dask/ca.crt", require_encryption=True)),
+        ("plain tcp", None)]:
+    target = address if security else address.replace("tls://", "tcp://")
+    try:
+        Client(target, security=security, timeout=8).close()
+        tried[name] = "connected"
+    except Exception as exc:
+        tried[name] = type(exc).__name__
+json.dumps(tried)
+"""
+
+KILL_WORKER_PROCESS = r"""
+import os, signal
+for pid in os.listdir("/proc"):
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
+    except OSError:
+        continue
+    if b"multiprocessing.spawn" in cmd or b"spawn_main" in cmd:
+        os.kill(int(pid), signal.SIGKILL)
+        print(pid)
+"""
+
+
+def run(appliance, code):
+    return json.loads(jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, code).strip("'"))
+
+
+def droplet(name, *cmd):
+    r = subprocess.run(["docker", "exec", name, *cmd], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def up(appliance, *args, timing):
+    r, took = provision("up", *args, env=appliance["env"])
+    assert r.returncode == 0, r.stdout[-4000:]
+    TIMINGS[timing] = round(took, 1)
+    return r.stdout
+
+
+def test_cluster(appliance):
+    try:
+        out = up(appliance, "--workers", "2", "--worker-memory", "1g", timing="cluster_up_2_workers_s")
+        assert "Dask worker local-2" in out
+
+        spread = run(appliance, SPREAD.format(n=2))
+        assert spread["workers"] == 2 and spread["holders"] == 2, spread  # both hold chunks
+        assert spread["sum"] == spread["expected"] and spread["address"].startswith("tls://")
+
+        refused = run(appliance, NO_CERTIFICATE)
+        assert "connected" not in refused.values(), refused
+
+        dashboard = f"{URL}/dask/status"
+        assert requests.get(dashboard, verify=appliance["ca"], timeout=30).status_code == 401
+        s = jupyter_api.session(appliance["ca"], "ds", PASSWORD)
+        page = s.get(dashboard, timeout=30)
+        assert page.status_code == 200 and "Dask" in page.text
+
+        # kill -9 one worker's process while the computation runs: the nanny starts a new one, the scheduler
+        # runs the lost tasks again, and the answer is the same
+        result, killed = {}, []
+        thread = threading.Thread(target=lambda: result.update(run(appliance, SLOW.format(n=2))))
+        thread.start()
+        time.sleep(6)
+        killed.append(droplet("appliance-worker-1", "python3", "-c", KILL_WORKER_PROCESS).split())
+        thread.join(300)
+        assert killed[0], "no worker process found to kill"
+        assert result and result["total"] == result["expected"], result
+        assert run(appliance, CONNECT.format(n=2) + "len(client.scheduler_info()['workers'])") == 2  # came back
+
+        # a worker server that reboots rejoins by itself
+        started = time.monotonic()
+        subprocess.run(["docker", "restart", "appliance-worker-2"], check=True, capture_output=True, timeout=120)
+        assert run(appliance, CONNECT.format(n=2) + "len(client.scheduler_info()['workers'])") == 2
+        TIMINGS["worker_reboot_rejoin_s"] = round(time.monotonic() - started, 1)
+
+        out = up(appliance, "--workers", "2", "--worker-memory", "1g", timing="cluster_second_up_s")
+        assert out.count("changed=0") >= 1 and "Ready in" in out and "changed=0\n" in out.split("Ready in")[1]
+
+        out = up(appliance, "--workers", "1", timing="cluster_retire_one_s")
+        assert "Retiring the Dask worker(s) local-2" in out
+        assert run(appliance, CONNECT.format(n=1) + "len(client.scheduler_info()['workers'])") == 1
+        names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+        assert "appliance-worker-2" not in names and "appliance-worker-1" in names
+    finally:
+        up(appliance, "--workers", "0", timing="cluster_remove_s")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "e2e-cluster-timings.json").write_text(json.dumps(TIMINGS, indent=2))
+    names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
+    assert "appliance-worker-" not in names
