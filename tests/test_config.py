@@ -182,7 +182,10 @@ def test_good_values_of_every_field_pass(tmp_path):
 WALL = [("host", "::1%x;satisfy any;allow all;#"), ("host", "x.com\nlisten 81"), ("host", "a b"),
         ("domain", "x.com; return 301 http://evil"), ("domain", "x.com\n"), ("domain", "\u212aelvin.com"),
         ("user", "a\nb"), ("user", "root d"), ("user", "ds;"), ("http_port", 0), ("https_port", True),
-        ("public_https_port", "443; listen 81")]
+        ("public_https_port", "443; listen 81"), ("tls", "acme;"), ("tls", "acme\n"),
+        ("acme_email", 'a@x.org", "x": "'), ("acme_email", "a@x.org\nb"), ("acme_directory", "http://x.org/dir"),
+        ("acme_directory", "https://x.org/dir\nExecStart=/bin/sh"), ("acme_directory", "https://x.org/../dir"),
+        ("acme_directory", "https://x.org/dir?q=1")]
 
 
 @pytest.mark.parametrize("field, value", WALL)
@@ -201,8 +204,9 @@ def test_renderer_refuses_hostile_values_whatever_validated_them(tmp_path, field
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["192.0.2.1"]
 
 
-def test_template_context_values_all_have_a_grammar():
-    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org"}, env={})
+@pytest.mark.parametrize("tls", ["private", "acme"])
+def test_template_context_values_all_have_a_grammar(tls):
+    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org", "tls": tls}, env={})
     assert set(render.template_context(cfg)) <= set(render.GRAMMAR) | set(render.PORTS) | {"http2_directive"}
 
 
