@@ -100,8 +100,9 @@ def certificate(pem):
 
 
 def problems(cert, acme):
-    """Why the certificate makes the appliance unhealthy: it expires in under EXPIRY_WARNING_DAYS days, its
-    last request or renewal failed, or (with ACME) its renewal timer does not run."""
+    """Why the certificate makes the appliance unhealthy: it expires in under EXPIRY_WARNING_DAYS days, the
+    last attempt (a request or a renewal) or the last renewal failed, or (with ACME) its renewal timer does
+    not run."""
     found = []
     fix = ("renewal has not succeeded: see the last attempt" if acme else "run up to renew it")
     if cert is not None and cert["days_left"] < 0:
@@ -109,10 +110,12 @@ def problems(cert, acme):
     elif cert is not None and cert["days_left"] < EXPIRY_WARNING_DAYS:
         found.append(f"the TLS certificate expires in {cert['days_left']} days: {fix}")
     if acme:
-        last = acme.get("last")
-        if last and not last.get("ok"):
-            found.append(f"the last certificate {last['action']} failed ({last['time']}): {last['message']}; "
-                         f"retry with up, or on the server: sudo systemctl start {layout.ACME_SERVICE}.service")
+        last, renewal = acme.get("last"), acme.get("last_renewal")
+        for attempt in (last, renewal if renewal != last else None):  # a later request does not renew
+            if attempt and not attempt.get("ok"):
+                found.append(f"the last certificate {attempt['action']} failed ({attempt['time']}): "
+                             f"{attempt['message']}; retry with up, or on the server: sudo systemctl start "
+                             f"{layout.ACME_SERVICE}.service")
         if acme.get("timer") != "active":
             found.append(f"the renewal timer {layout.ACME_SERVICE}.timer is {acme.get('timer')}")
     return found

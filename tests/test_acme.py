@@ -636,6 +636,10 @@ ATTEMPT = {"time": "2026-11-25T00:00:00Z", "action": "renewal", "domain": DOMAIN
      "the last certificate renewal failed (2026-11-25T00:00:00Z): DNS problem; retry with up, or on the server: "
      "sudo systemctl start appliance-certbot.service"),
     (60, {"timer": "inactive", "last": ATTEMPT}, "the renewal timer appliance-certbot.timer is inactive"),
+    (60, {"timer": "active", "last": {**ATTEMPT, "action": "request", "result": "kept"},
+          "last_renewal": {**ATTEMPT, "ok": False, "result": "failed", "message": "timeout"}},
+     "the last certificate renewal failed (2026-11-25T00:00:00Z): timeout"),  # a later `up` renews nothing
+    (60, {"timer": "active", "last": ATTEMPT, "last_renewal": ATTEMPT}, None),
 ])
 def test_certificate_problems(days, acme_facts, problem):
     found = acme.problems(_cert_facts(days), acme_facts)
