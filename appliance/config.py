@@ -225,6 +225,9 @@ def _check_tls(cfg):
     if cfg.domain is None:
         raise ConfigError("tls acme needs --domain NAME: the DNS name, pointing at the server, that the "
                           "certificate is for (ACME CAs do not certify IP addresses here)")
+    if cfg.http_port != 80:
+        raise ConfigError(f"tls acme needs nginx's HTTP port to be 80, not {cfg.http_port} (http_port): the ACME CA "
+                          "checks the domain there (HTTP-01)")
     if cfg.acme_ca_bundle is not None:
         read_ca_bundle(cfg.acme_ca_bundle)
     return changes

@@ -3,6 +3,7 @@ stand-in that writes what certbot 2.1 writes and says what it says; the operator
 directory against a local HTTPS server); status's verdict; the rendered files; the port-80 site in a real
 nginx. The run against a real ACME server (Pebble) in the local droplet is tests/test_e2e_acme.py."""
 import contextlib
+import dataclasses
 import datetime
 import http.client
 import http.server
@@ -782,8 +783,9 @@ def nginx_site(tmp_path):
     base = Path(tempfile.mkdtemp(prefix="appliance-acme-nginx-"))
     os.chmod(base, 0o755)
     http_port, https_port = _free_port(), _free_port()
-    cfg = config.load({"host": "127.0.0.1", "state_dir": str(base / "state"), "http_port": http_port,
-                       "https_port": https_port, "public_https_port": https_port, **ACME_FLAGS}, env={})
+    cfg = config.load({"host": "127.0.0.1", "state_dir": str(base / "state"), "https_port": https_port,
+                       "public_https_port": https_port, **ACME_FLAGS}, env={})
+    cfg = dataclasses.replace(cfg, http_port=http_port)  # a free port here; on a server it is 80 (HTTP-01)
     state, _, _ = render.prepare(cfg, interactive=False, env={"APPLIANCE_PASSWORD": "a long test password"})
     out = base / "out"
     render.render(cfg, state, out)

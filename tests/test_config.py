@@ -213,6 +213,7 @@ def test_template_context_values_all_have_a_grammar(tls):
 # --tls acme: every value is checked before anything is rendered; each refusal is one line naming the field.
 ACME_REFUSED = [
     ({"tls": "acme"}, "tls acme needs --domain"),
+    ({"tls": "acme", "domain": "nb.example.org", "http_port": 8080}, "tls acme needs nginx's HTTP port to be 80"),
     ({"tls": "ACME", "domain": "nb.example.org"}, "tls 'ACME' is not one of private, acme"),
     ({"tls": "letsencrypt", "domain": "nb.example.org"}, "is not one of"),
     ({"acme_email": "me@example.org"}, "acme email is only used with --tls acme"),
