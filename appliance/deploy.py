@@ -58,8 +58,9 @@ def check_tls(cfg, target, say):
     found = remote_json(target, "acme", layout.ACME_CONFIG, layout.ACME_STATUS, f"{layout.ACME_SERVICE}.timer",
                         layout.TLS_CERT)["acme"]
     if found:
-        say(f"This run has no --tls acme: the certificate for {found['domain']} from {acme.ca_name(found['directory'])}, "
-            "its renewal configuration and timer are removed, and the private CA's certificate is served again")
+        say(f"This run has no --tls acme: the certificate for {found['domain']} from "
+            f"{acme.ca_name(found['directory'])}, its renewal configuration and timer are removed, and the private "
+            "CA's certificate is served again")
 
 
 def certificate_summary(cfg, target, cert, state, say):

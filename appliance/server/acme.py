@@ -115,7 +115,7 @@ def read_cert(path):
         not_after = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
     cn = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     org = cert.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-    issuer = ", ".join(a.value for a in (org[:1] + cn[:1])) or cert.issuer.rfc4514_string()
+    issuer = (cn or org)[0].value if cn or org else cert.issuer.rfc4514_string()
     return {"names": names, "not_after": not_after, "serial": f"{cert.serial_number:x}", "issuer": issuer,
             "pem": pem}
 
@@ -127,8 +127,8 @@ def valid(cert):
 def describe(cert):
     if cert is None:
         return "no certificate"
-    return f"{cert['issuer']}'s certificate for {', '.join(cert['names']) or '(no DNS name)'}, valid until " \
-           f"{cert['not_after']:%Y-%m-%d}"
+    return f"the certificate for {', '.join(cert['names']) or '(no DNS name)'} from {cert['issuer']} " \
+           f"(valid until {cert['not_after']:%Y-%m-%d})"
 
 
 def lineages(cfg):
@@ -363,7 +363,7 @@ def renew(cfg, force=False):
             ok, result, message = False, "failed", certbot_reason(out)
         else:
             ok, result = True, "renewed" if f"{path} (success)" in out else "not due"
-            message = f"{result}: {describe(read_cert(path))}"
+            message = describe(read_cert(path))
             if code != 0:
                 message += f"; another certificate on this server failed: {certbot_reason(out)}"
         try:
