@@ -76,7 +76,8 @@ def certificate_summary(cfg, target, cert, state, say):
         say(f"  certificate:   from {served['issuer']}, valid until {served['expires'][:10]}, "
             f"SHA-256 {served['sha256']}")
     if not last.get("ok"):
-        say(f"  meanwhile:     import {state.file('ca.crt')} to trust the private CA's certificate")
+        if served and served["sha256"] == tls.fingerprint(cert):  # the private CA's is served meanwhile
+            say(f"  meanwhile:     import {state.file('ca.crt')} to trust the private CA's certificate")
         raise DeployError(acme.failure(cfg, {"message": "no attempt was recorded", **last}))
     say(f"  renewal:       on the server, {layout.ACME_SERVICE}.timer twice a day; `status` shows the last attempt")
 

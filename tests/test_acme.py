@@ -858,3 +858,29 @@ def test_port_80_serves_the_challenge_files_and_redirects_everything_else(nginx_
     status, headers, _ = _get80(nginx_site, "/lab?x=1")
     assert status == 308 and headers["Location"].startswith("https://nb.example.org:") and \
         headers["Location"].endswith("/lab?x=1")
+
+
+@pytest.mark.parametrize("served_is_private, last, error", [
+    (False, {"ok": True, "result": "issued"}, None),
+    (True, {"ok": False, "result": "failed", "message": "nb.example.org: DNS problem (dns)", "rate_limited": False,
+            "serving": "the certificate for nb.example.org from Jupyter appliance CA"}, "nb.example.org: DNS problem"),
+    (False, {"ok": False, "result": "failed", "message": "too many certificates", "rate_limited": True,
+             "serving": "the certificate for nb.example.org from R11"}, "too many certificates"),
+    (True, None, "no attempt was recorded"),
+])
+def test_ups_summary_of_the_acme_certificate(tmp_path, monkeypatch, served_is_private, last, error):
+    cfg = _acme_cfg(state_dir=str(tmp_path))
+    state, cert, _ = render.prepare(cfg, interactive=False, env={"APPLIANCE_PASSWORD": "a long test password"})
+    pem = state.read("server.crt").decode() if served_is_private else CA("R11").issue([DOMAIN])[0].decode()
+    monkeypatch.setattr(deploy, "remote_json", lambda target, *args: {
+        "certificate_pem": pem, "acme": {"last": last} if last else None})
+    said = []
+    if error is None:
+        deploy.certificate_summary(cfg, None, cert, state, said.append)
+    else:
+        with pytest.raises(DeployError) as failed:
+            deploy.certificate_summary(cfg, None, cert, state, said.append)
+        assert error in str(failed.value) and "\n" not in str(failed.value)
+    assert said[0].startswith("  certificate:   from ")
+    assert any("meanwhile:     import" in line for line in said) is (served_is_private and error is not None)
+    assert any("renewal:       on the server" in line for line in said) is (error is None)
