@@ -313,7 +313,7 @@ def obtain(cfg, config_path):
         if read_cert(cfg["cert"]) is None or _read(cfg["key"]) is None:  # nginx needs one to start at all
             changed = install(cfg, cfg["fallback_cert"], cfg["fallback_key"])
         current = next((lin for lin in lineages(cfg) if lin["name"] == domain), None)
-        if current and current["server"] != cfg["directory"]:
+        if current and current["ours"] and current["server"] != cfg["directory"]:
             delete(cfg, domain)  # another CA's (say staging's): ask the configured one
             current = None
         cert = read_cert(current["fullchain"]) if current else None
@@ -415,6 +415,8 @@ def remove(cfg):
 
 def main(argv):
     command, config_path, flags = argv[0], argv[1], argv[2:]
+    if "/usr/sbin" not in os.environ.get("PATH", "").split(":"):  # nginx, as a hook of a hook may be run
+        os.environ["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     with open(config_path) as f:
         cfg = json.load(f)
     try:
