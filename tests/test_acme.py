@@ -884,3 +884,26 @@ def test_ups_summary_of_the_acme_certificate(tmp_path, monkeypatch, served_is_pr
     assert said[0].startswith("  certificate:   from ")
     assert any("meanwhile:     import" in line for line in said) is (served_is_private and error is not None)
     assert any("renewal:       on the server" in line for line in said) is (error is None)
+
+
+def test_the_servers_acme_facts(tmp_path, monkeypatch, capsys):
+    """remote.py's side of status and up: settings, timer, the last attempt and the last renewal."""
+    from appliance.server import remote
+    monkeypatch.setattr(remote, "_run", lambda *cmd: {"is-active": "active", "is-enabled": "enabled"}[cmd[1]])
+    config_path, status_path = tmp_path / "acme.json", tmp_path / "acme-status.json"
+    assert remote._acme(str(config_path), str(status_path), "appliance-certbot.timer") is None  # --tls private
+    config_path.write_text(json.dumps({"domain": DOMAIN, "directory": DIRECTORY}))
+    renewal = {**ATTEMPT, "result": "renewed"}
+    request = {**ATTEMPT, "action": "request", "result": "kept"}
+    status_path.write_text(json.dumps({"attempts": [ATTEMPT, renewal, request]}))
+    facts = remote._acme(str(config_path), str(status_path), "appliance-certbot.timer")
+    assert facts == {"domain": DOMAIN, "directory": DIRECTORY, "timer": "active", "timer_enabled": "enabled",
+                     "last": request, "last_renewal": renewal}
+    status_path.write_text("not json")
+    assert remote._acme(str(config_path), str(status_path), "x.timer")["last"] is None
+    cert = tmp_path / "server.crt"
+    cert.write_bytes(CA().issue([DOMAIN])[0])
+    remote.acme(str(config_path), str(status_path), "x.timer", str(cert))
+    out = json.loads(capsys.readouterr().out)
+    assert out["acme"]["domain"] == DOMAIN and acme.certificate(out["certificate_pem"])["issuer"] == \
+        "Test ACME Intermediate"
