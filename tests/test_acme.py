@@ -3,7 +3,6 @@ stand-in that writes what certbot 2.1 writes and says what it says; the operator
 directory against a local HTTPS server); status's verdict; the rendered files; the port-80 site in a real
 nginx. The run against a real ACME server (Pebble) in the local droplet is tests/test_e2e_acme.py."""
 import contextlib
-import dataclasses
 import datetime
 import http.client
 import http.server
@@ -16,7 +15,6 @@ import socket
 import ssl
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import acme_harness
 from appliance import acme, config, deploy, layout, ops, render, ssh
 from appliance.errors import DeployError
 from appliance.server import acme as server
@@ -473,6 +472,8 @@ def test_remove_leaves_debians_timer_off_when_nothing_else_needs_it(box, capsys)
     ("\x1b[31mAn unexpected error occurred:\x1b[0m\n\x1b[31mThe CA said \x07\x1b]0;owned\x07 no\x1b[0m\n",
      "The CA said ]0;owned no"),
     ("", "certbot said nothing"),
+    (SAVING + "Requesting a certificate for x.test\nAn unexpected error occurred:\n"
+     "acme.errors.ClientError: <Response [404]>\n" + ADVICE, "the ACME server answered HTTP 404"),  # certbot 2.1
 ])
 def test_certbots_reason_in_one_line(output, reason):
     assert server.certbot_reason(output) == reason
@@ -772,59 +773,13 @@ def test_role_inputs_carry_the_mode(tmp_path):
 
 # the port-80 site in a real nginx -------------------------------------------------------------------------
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def nginx_site(tmp_path):
+def nginx_site():
     """nginx serving the rendered --tls acme site (paths rebased under a temporary directory)."""
     if not shutil.which("nginx") or os.geteuid() != 0:
         pytest.skip("needs root and Debian's nginx (tests/run.py installs it)")
-    base = Path(tempfile.mkdtemp(prefix="appliance-acme-nginx-"))
-    os.chmod(base, 0o755)
-    http_port, https_port = _free_port(), _free_port()
-    cfg = config.load({"host": "127.0.0.1", "state_dir": str(base / "state"), "https_port": https_port,
-                       "public_https_port": https_port, **ACME_FLAGS}, env={})
-    cfg = dataclasses.replace(cfg, http_port=http_port)  # a free port here; on a server it is 80 (HTTP-01)
-    state, _, _ = render.prepare(cfg, interactive=False, env={"APPLIANCE_PASSWORD": "a long test password"})
-    out = base / "out"
-    render.render(cfg, state, out)
-    tls_dir = out / layout.TLS_DIR.lstrip("/")
-    shutil.copy(tls_dir / "private.crt", tls_dir / "server.crt")  # what the web role does before nginx starts
-    shutil.copy(tls_dir / "private.key", tls_dir / "server.key")
-    webroot = base / "webroot"
-    (webroot / ".well-known/acme-challenge").mkdir(parents=True)
-    for d in (webroot, webroot / ".well-known", webroot / ".well-known/acme-challenge"):
-        os.chmod(d, 0o755)
-    site = out / layout.NGINX_SITE.lstrip("/")
-    site.write_text(site.read_text().replace(layout.ETC, f"{out}{layout.ETC}")
-                    .replace(layout.ACME_WEBROOT, str(webroot)).replace(layout.NGINX_ACCESS_LOG, f"{base}/access.log")
-                    .replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run").replace(str(Path(layout.AUTH_SOCKET).parent),
-                                                                               f"{base}/auth"))
-    conf = base / "nginx.conf"
-    conf.write_text(f"user www-data;\nworker_processes 1;\npid {base}/nginx.pid;\nerror_log {base}/error.log;\n"
-                    f"events {{ worker_connections 64; }}\nhttp {{\n    include /etc/nginx/mime.types;\n"
-                    f"    access_log {base}/access.log;\n    client_body_temp_path {base}/body;\n"
-                    f"    proxy_temp_path {base}/proxy;\n    include {site};\n}}\n")
-    check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    nginx = subprocess.Popen(["nginx", "-c", str(conf), "-g", "daemon off;"])
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", http_port)) == 0:
-                    break
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.1)
-        yield {"port": http_port, "challenge": webroot / ".well-known/acme-challenge", "base": base}
-    finally:
-        nginx.terminate()
-        nginx.wait(10)
-        shutil.rmtree(base, ignore_errors=True)
+    with acme_harness.acme_site(DOMAIN, {"acme_email": "ops@example.org"}) as site:
+        yield {"port": site["http_port"], "challenge": site["challenge"], "base": site["base"]}
 
 
 def _get80(site, path, host=DOMAIN):

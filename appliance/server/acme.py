@@ -30,6 +30,7 @@ import sys
 HISTORY = 20                                  # attempts kept in the status file
 RENEW_BEFORE = datetime.timedelta(days=30)    # certbot's own default (renew_before_expiry)
 CERTBOT_TIMEOUT = 900                         # seconds: a request or renewal that hangs is a failure
+TEST_NGINX_CONF = "APPLIANCE_TEST_NGINX_CONF"  # test-only: an nginx run by the tests with its own configuration
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _NOISE = ("Saving debug log", "Ask for help or search", "- - - -", "Requesting a certificate", "Account registered",
           "Processing ", "Hint:", "Renewing an existing certificate", "Some challenges have failed.",
@@ -81,6 +82,9 @@ def certbot_reason(output):
     meaningful = [line for line in lines if line and not line.startswith(_NOISE)]
     for i, line in enumerate(meaningful):
         if line == "An unexpected error occurred:" and i + 1 < len(meaningful):
+            status = re.fullmatch(r"acme\.errors\.ClientError: <Response \[(\d+)\]>", meaningful[i + 1])
+            if status:  # the directory (or another ACME URL) answered with an HTTP error and nothing more
+                return f"the ACME server answered HTTP {status[1]}"
             return one_line(meaningful[i + 1])
     for line in meaningful:
         found = re.search(r"Failed to renew certificate \S+ with error: (.+)", line)
@@ -204,13 +208,15 @@ def install(cfg, cert_path, key_path):
         return False
     write_file(cfg["key"], new_key, 0o600)
     write_file(cfg["cert"], new_cert, 0o644)
-    code, out = run(["nginx", "-t"])
+    conf = os.environ.get(TEST_NGINX_CONF)
+    code, out = run(["nginx", "-t", "-c", conf] if conf else ["nginx", "-t"])
     if code != 0:
         _put(cfg["key"], old_key, 0o600)
         _put(cfg["cert"], old_cert, 0o644)
         raise Failure(f"nginx refused the certificate of {cert_path}, the previous one stays: "
                       f"{one_line(out.strip().splitlines()[-1] if out.strip() else out)}")
-    code, out = run(["systemctl", "try-reload-or-restart", cfg["nginx"]])
+    code, out = run(["nginx", "-c", conf, "-s", "reload"] if conf else
+                    ["systemctl", "try-reload-or-restart", cfg["nginx"]])
     if code != 0:
         raise Failure(f"reloading {cfg['nginx']} failed: {one_line(out)}")
     return True
@@ -291,16 +297,22 @@ def deploy_hook(cfg, config_path):
     return f"/usr/bin/python3 {cfg['script']} deploy {config_path}"
 
 
+def certbot(cfg, command, *args):
+    """certbot's command line; the settings may add options (the tests' own directories), Debian's defaults
+    otherwise: /etc/letsencrypt, /var/lib/letsencrypt, /var/log/letsencrypt."""
+    return ["certbot", command, *cfg.get("certbot_args", []), *args]
+
+
 def certonly_argv(cfg, config_path):
     contact = ["--email", cfg["email"]] if cfg.get("email") else ["--register-unsafely-without-email"]
-    return ["certbot", "certonly", "--non-interactive", "--agree-tos", "--no-eff-email", *contact,
+    return [*certbot(cfg, "certonly"), "--non-interactive", "--agree-tos", "--no-eff-email", *contact,
             "--server", cfg["directory"], "--webroot", "--webroot-path", cfg["webroot"],
             "--cert-name", cfg["domain"], "--domains", cfg["domain"], "--keep-until-expiring",
             "--key-type", "ecdsa", "--elliptic-curve", "secp256r1", "--deploy-hook", deploy_hook(cfg, config_path)]
 
 
 def delete(cfg, name):
-    code, out = run(["certbot", "delete", "--non-interactive", "--cert-name", name])
+    code, out = run(certbot(cfg, "delete", "--non-interactive", "--cert-name", name))
     if code != 0:
         raise Failure(f"certbot could not delete the certificate {name}: {certbot_reason(out)}")
 
@@ -309,7 +321,7 @@ def obtain(cfg, config_path):
     """`up`: make sure the domain has a valid certificate from the configured CA and nginx serves it."""
     domain = cfg["domain"]
     with locked(cfg):
-        changed = False
+        changed, before = False, (_read(cfg["cert"]), _read(cfg["key"]))  # certbot's hook may install it
         if read_cert(cfg["cert"]) is None or _read(cfg["key"]) is None:  # nginx needs one to start at all
             changed = install(cfg, cfg["fallback_cert"], cfg["fallback_key"])
         current = next((lin for lin in lineages(cfg) if lin["name"] == domain), None)
@@ -339,6 +351,7 @@ def obtain(cfg, config_path):
                 changed |= keep_serving(cfg)
         except Failure as exc:
             ok, result, message = False, "failed", str(exc)
+        changed |= (_read(cfg["cert"]), _read(cfg["key"])) != before
         served = read_cert(cfg["cert"])
         entry = record(cfg, "request", result, ok, message, serving=describe(served),
                        serial=served["serial"] if served else None, rate_limited=not ok and rate_limited(message))
@@ -349,7 +362,7 @@ def renew(cfg, force=False):
     """The timer's service: renew what is due (with --force: the domain's now); returns the exit code."""
     domain = cfg["domain"]
     with locked(cfg):
-        argv = ["certbot", "renew", "--non-interactive", "--no-random-sleep-on-renew"]
+        argv = certbot(cfg, "renew", "--non-interactive", "--no-random-sleep-on-renew")
         if force:
             argv += ["--cert-name", domain, "--force-renewal"]
         code, out = run(argv, env=certbot_env(cfg), timeout=CERTBOT_TIMEOUT)
