@@ -127,15 +127,24 @@ def up_acme(pebble, domain=DOMAIN):
                      "--acme-directory", DIRECTORY, "--acme-ca-bundle", pebble["bundle"], env=pebble["env"])[0]
 
 
-def served(cafile=None, name=DOMAIN):
-    """The certificate nginx serves on the droplet's HTTPS port (SNI name), verified against cafile when given."""
-    if cafile:
-        ctx = ssl.create_default_context(cafile=cafile)
-    else:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+def _peer(ctx, name):
     with socket.create_connection(HTTPS, timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=name) as tls:
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def served(cafile=None, name=DOMAIN):
+    """The certificate nginx serves on the droplet's HTTPS port (SNI name), once it is the installed one (a
+    reload is asynchronous: old workers finish first), verified against cafile when given."""
+    installed = x509.load_pem_x509_certificate(in_droplet("cat", layout.TLS_CERT).encode())
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    deadline = time.monotonic() + 15
+    while (cert := _peer(unverified, name)) != installed and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cert == installed, "nginx does not serve the installed certificate"
+    if cafile:
+        _peer(ssl.create_default_context(cafile=cafile), name)  # the full chain verifies, for the name
+    return cert
 
 
 def serial():
