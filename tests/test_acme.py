@@ -409,6 +409,21 @@ def test_renewal_without_a_certificate_is_a_failure(box, capsys):
     assert code == 1 and "no certificate for nb.example.org on this server yet" in out
 
 
+def test_the_previous_names_certificate_keeps_renewing_even_from_another_intermediate(box, capsys):
+    box["certbot"].days = 20  # due at the next renewal
+    obtain(box, capsys)
+    box["cfg"]["domain"] = "fail.test"
+    Path(box["path"]).write_text(json.dumps(box["cfg"]))
+    box["certbot"].fail = challenge_failure("fail.test")
+    obtain(box, capsys)
+    old = served(box)
+    box["certbot"].fail, box["certbot"].ca = None, CA("Test ACME Intermediate 2")  # the CA's next intermediate
+    code, _ = _main(box, "renew", capsys=capsys)
+    assert code == 1  # fail.test has no certificate yet: a failure for the domain asked for
+    now = served(box)
+    assert now["names"] == [DOMAIN] and now["serial"] != old["serial"] and now["issuer"] == "Test ACME Intermediate 2"
+
+
 def test_deploy_hook_installs_only_the_appliances_certificate(box, capsys, monkeypatch):
     obtain(box, capsys)
     other = box["certbot"]

@@ -232,8 +232,8 @@ def _wanted(cfg):
     served = read_cert(cfg["cert"])
     for lineage in ours:
         cert = read_cert(lineage["fullchain"])
-        if served and valid(cert) and cert["names"] == served["names"] and cert["issuer"] == served["issuer"]:
-            return lineage
+        if served and valid(cert) and cert["names"] == served["names"]:  # (the CA may sign with another
+            return lineage                                                  # intermediate each time)
     return None
 
 
