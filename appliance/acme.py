@@ -7,7 +7,9 @@ The certificate itself is requested and renewed on the server, by certbot throug
 import datetime
 import ipaddress
 import json
+import os
 import socket
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -18,6 +20,26 @@ from .errors import DeployError
 
 EXPIRY_WARNING_DAYS = 14   # status is unhealthy when the served certificate has less left
 RATE_LIMITS = "https://letsencrypt.org/docs/rate-limits/"
+HOSTS_ENV = "APPLIANCE_TEST_HOSTS"  # test-only: a hosts file answers the DNS check (no query leaves the machine)
+
+
+def system_resolver():
+    """getaddrinfo, or (tests) a lookup in the hosts-format file $APPLIANCE_TEST_HOSTS."""
+    path = os.environ.get(HOSTS_ENV)
+    if not path:
+        return socket.getaddrinfo
+    table = {}
+    for line in Path(path).read_text().splitlines():
+        address, *names = line.split("#")[0].split() or [None]
+        for name in names:
+            table.setdefault(name, []).append(address)
+
+    def resolve(name, *args):
+        if name not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 0))
+                for a in table[name]]
+    return resolve
 
 
 def _addresses(name, resolve):
@@ -45,9 +67,10 @@ def server_addresses(cfg, resolve=socket.getaddrinfo):
         return _addresses(cfg.host, resolve)
 
 
-def check_dns(cfg, resolve=socket.getaddrinfo, say=print):
+def check_dns(cfg, resolve=None, say=print):
     """Before anything changes: the domain must resolve to the server, or the CA's HTTP-01 check goes
     elsewhere. A name that does not resolve at all only warns (DNS may still be propagating)."""
+    resolve = resolve or system_resolver()
     found = _addresses(cfg.domain, resolve)
     if not found:
         say(f"warning: {cfg.domain} does not resolve from this machine (yet?); continuing, as DNS may still be "

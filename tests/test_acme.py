@@ -877,3 +877,19 @@ def test_the_servers_acme_facts(tmp_path, monkeypatch, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["acme"]["domain"] == DOMAIN and acme.certificate(out["certificate_pem"])["issuer"] == \
         "Test ACME Intermediate"
+
+
+def test_a_hosts_file_can_answer_the_dns_check(tmp_path, monkeypatch):
+    """Tests point the check at a hosts file: no DNS query leaves the machine."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# test names\n\n127.0.0.1 appliance.test www.appliance.test\n::1 appliance.test\n")
+    monkeypatch.setenv(acme.HOSTS_ENV, str(hosts))
+    resolve = acme.system_resolver()
+    assert acme._addresses("appliance.test", resolve) == {"127.0.0.1", "::1"}
+    assert acme._addresses("www.appliance.test", resolve) == {"127.0.0.1"}
+    assert acme._addresses("elsewhere.test", resolve) == set()
+    said = []
+    acme.check_dns(config.load({"domain": "appliance.test", "tls": "acme"}, env={}), say=said.append)
+    assert said == []  # the local droplet's loopback: it matches
+    monkeypatch.delenv(acme.HOSTS_ENV)
+    assert acme.system_resolver() is socket.getaddrinfo
