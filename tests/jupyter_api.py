@@ -52,3 +52,5 @@ def run(ws, code, any_parent=False):
             raise AssertionError(f"{msg['content']['ename']}: {msg['content']['evalue']}")
         if mine and msg["msg_type"] == "execute_result":
             return msg["content"]["data"]["text/plain"]
+        if mine and not any_parent and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            raise AssertionError("the code ran but its last line has no value")  # (waiting would never end)

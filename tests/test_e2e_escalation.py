@@ -116,4 +116,4 @@ def test_a_pth_in_the_package_directory_runs_in_kernels_only(appliance):
         assert "start.py" not in ran and "healthcheck.py" not in ran, ran
         assert no_xsrf_post(appliance["ca"]) == 403
     finally:
-        jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, f"import os; os.remove({planted!r})")
+        jupyter_api.execute(URL, appliance["ca"], "ds", PASSWORD, f"import os; os.remove({planted!r}); 'removed'")
