@@ -138,7 +138,7 @@ def appliance_vars(state, workers, appliance_address):
     """Extra vars of site.yml: the scheduler (when there are workers) and the notebook's client."""
     if not workers:
         return {"dask_mode": "none", "dask_files": [], "dask_ports": [], "dask_peers": [], "dask_env": {},
-                "dask_command": [], "jupyter_dask_env": {}, "jupyter_dask_mounts": []}
+                "dask_command": [], "dask_healthcheck": ["NONE"], "jupyter_dask_env": {}, "jupyter_dask_mounts": []}
     files = _files(state, "scheduler", layout.DASK_TLS_DIR, "scheduler") + _files(
         state, "client", layout.DASK_CLIENT_DIR, "client")
     return {
@@ -147,6 +147,9 @@ def appliance_vars(state, workers, appliance_address):
         "dask_env": {**_tls_env("scheduler"), "DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": repr(SCHEDULER_HTTP_ROUTES)},
         "dask_command": ["dask", "scheduler", "--protocol", "tls", "--port", str(layout.DASK_SCHEDULER_PORT),
                          "--dashboard-address", f"127.0.0.1:{layout.DASK_DASHBOARD_PORT}", "--dashboard-prefix", "/dask"],
+        # (not the image's health check, which asks Jupyter): the dashboard's health page
+        "dask_healthcheck": ["CMD", "python", "-s", "-c", "import urllib.request; urllib.request.urlopen("
+                             f"'http://127.0.0.1:{layout.DASK_DASHBOARD_PORT}/dask/health', timeout=5)"],
         "jupyter_dask_env": {**_tls_env("client"), "DASK_SCHEDULER_ADDRESS": scheduler_address(appliance_address)},
         "jupyter_dask_mounts": [{"type": "bind", "source": layout.DASK_CLIENT_DIR, "target": IMAGE_TLS,
                                  "read_only": True}],
@@ -162,6 +165,7 @@ def worker_vars(state, worker, workers, appliance_address, memory):
         "dask_ports": [layout.DASK_WORKER_PORT, layout.DASK_NANNY_PORT],
         "dask_peers": sorted({ip_of(appliance_address)} | {ip_of(w["address"]) for w in workers if w is not worker}),
         "dask_env": _tls_env("worker"),
+        "dask_healthcheck": ["NONE"],  # no HTTP server of its own (--no-dashboard); its nanny restarts it
         "dask_command": ["dask", "worker", scheduler_address(appliance_address), "--name", worker["name"],
                          "--memory-limit", "auto" if memory == "0" else memory,
                          "--listen-address", f"tls://0.0.0.0:{layout.DASK_WORKER_PORT}",

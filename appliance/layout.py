@@ -173,6 +173,7 @@ def role_vars(user):
         "dask_tls_dir": DASK_TLS_DIR,
         "dask_image_tls_dir": DASK_IMAGE_TLS_DIR,
         "dask_spill_dir": DASK_SPILL_DIR,
+        "dask_all_ports": [DASK_SCHEDULER_PORT, DASK_WORKER_PORT, DASK_NANNY_PORT],
         "dask_scheduler_container": DASK_SCHEDULER_CONTAINER,
         "dask_worker_container": DASK_WORKER_CONTAINER,
         "hardening_sshd_dropin": SSHD_DROPIN,

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance import layout
-from helpers import DROPLET, in_droplet, jupyter_started_at, provision
+from helpers import ARTIFACTS, DROPLET, in_droplet, jupyter_started_at, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -122,12 +122,19 @@ def pebble(appliance, tmp_path_factory):
         droplet("systemctl", "stop", "e2e-pebble.service", "e2e-challtestsrv.service", check=False, timeout=60)
         droplet("rm", "-rf", PEBBLE_DIR, check=False, timeout=60)
         r, _ = provision("up", env=appliance["env"])  # the session's droplet as the other tests expect it
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "e2e-acme.json").write_text(json.dumps(FIGURES, indent=2))
         assert r.returncode == 0, r.stdout[-4000:]
 
 
+FIGURES = {}  # for the record (tests/artifacts/e2e-acme.json): how long issuing and renewing took, what failure says
+
+
 def up_acme(pebble, domain=DOMAIN):
-    return provision("up", "--domain", domain, "--tls", "acme", "--acme-email", "e2e@appliance.test",
-                     "--acme-directory", DIRECTORY, "--acme-ca-bundle", pebble["bundle"], env=pebble["env"])[0]
+    r, took = provision("up", "--domain", domain, "--tls", "acme", "--acme-email", "e2e@appliance.test",
+                        "--acme-directory", DIRECTORY, "--acme-ca-bundle", pebble["bundle"], env=pebble["env"])
+    FIGURES.setdefault("up_s", []).append(round(took, 1))
+    return r
 
 
 def _peer(ctx, name):
@@ -231,8 +238,10 @@ def test_the_timer_service_renews_and_a_forced_renewal_reloads_nginx_only(pebble
     assert in_droplet("systemctl", "show", "-p", "Result", "--value", f"{layout.ACME_SERVICE}.service").strip() \
         == "success"
     before, started, (master, workers) = serial(), jupyter_started_at(), nginx_processes()
+    renewing = time.monotonic()
     droplet("systemd-run", "--wait", "--pipe", "--collect", "--unit=e2e-forced-renewal", "/usr/bin/python3",
             layout.ACME_SCRIPT, "renew", layout.ACME_CONFIG, "--force", timeout=600)
+    FIGURES["forced_renewal_s"] = round(time.monotonic() - renewing, 1)
     assert serial() != before and attempts()[-1]["result"] == "renewed"
     deadline = time.monotonic() + 30
     while nginx_processes()[1] & workers and time.monotonic() < deadline:  # old workers finish, then go
@@ -270,6 +279,7 @@ def test_a_failed_request_is_one_line_and_the_previous_certificate_stays(pebble)
     finally:
         fetch_in_droplet(f"{CHALLTESTSRV}/clear-servfail", data={"host": f"{FAILING}."})
     errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
+    FIGURES["failed_request_says"] = errors
     assert r.returncode == 1 and len(errors) == 1, r.stdout[-4000:]
     assert errors[0].startswith(f"error: no certificate from the ACME CA at {DIRECTORY} for {FAILING}: {FAILING}: ")
     assert "keeps serving" in errors[0] and "run the same up again" in errors[0] and "Traceback" not in r.stdout
