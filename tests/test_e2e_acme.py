@@ -8,21 +8,18 @@ operator's machine cannot resolve appliance.test, so `up` warns and continues. A
 switched back to the private CA and provisioned with the session's usual settings, as the other e2e tests
 expect it.
 """
-import datetime
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+import acme_harness
 from appliance import layout
 from helpers import ARTIFACTS, DROPLET, in_droplet, jupyter_started_at, provision
 
@@ -55,26 +52,10 @@ def fetch_in_droplet(url, cafile=None, data=None):
     return droplet("python3", "-c", script, url, cafile or "", json.dumps(data) if data else "", timeout=60).stdout
 
 
-def listener_certificate():
-    """Pebble's API listener: a CA and a certificate for 127.0.0.1 and localhost (the package ships none)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "e2e Pebble listener CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    return (ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(),
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
+def listener_certificate(tmp_path):
+    """Pebble's API listener (the package ships none): (CA, certificate, key) as PEM text."""
+    made = acme_harness.listener_certificate(tmp_path)
+    return tuple(Path(made[name]).read_text() for name in ("ca", "cert", "key"))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +63,7 @@ def pebble(appliance, tmp_path_factory):
     """Pebble and pebble-challtestsrv as transient units in the droplet; afterwards they stop and the droplet
     is provisioned with the session's settings again (the private CA)."""
     droplet("sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q pebble", timeout=900)
-    ca, cert, key = listener_certificate()
+    ca, cert, key = listener_certificate(tmp_path_factory.mktemp("listener"))
     config = {"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
                          "certificate": f"{PEBBLE_DIR}/cert.pem", "privateKey": f"{PEBBLE_DIR}/key.pem",
                          "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "",
