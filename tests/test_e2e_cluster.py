@@ -120,6 +120,15 @@ def test_cluster(appliance):
         assert spread["workers"] == 2 and spread["holders"] == 2, spread  # both hold chunks
         assert spread["sum"] == pytest.approx(spread["expected"], rel=1e-9) and spread["address"].startswith("tls://")
 
+        r, _ = provision("status", "--json", env=appliance["env"])
+        facts = json.loads(r.stdout[r.stdout.index("{"):])
+        workers = sorted(facts["dask_workers"], key=lambda w: w["name"])
+        assert r.returncode == 0 and [w["name"] for w in workers] == ["local-1", "local-2"], facts["problems"]
+        assert all(w["status"] == "running" and w["threads"] >= 1 for w in workers)
+        assert all(10 ** 9 <= w["memory_limit"] <= 2 ** 30 for w in workers)  # --worker-memory 1g
+        r, _ = provision("logs", "--service", "dask-worker", "--worker", "local-2", env=appliance["env"])
+        assert r.returncode == 0 and "Registered to" in r.stdout, r.stdout[-2000:]
+
         refused = run(appliance, NO_CERTIFICATE)
         assert "connected" not in refused.values(), refused
         # the firewall: this machine (on the droplets' bridge, not a peer) reaches no Dask port
@@ -156,6 +165,8 @@ def test_cluster(appliance):
 
         out = up(appliance, "--workers", "1", timing="cluster_retire_one_s")
         assert "Retiring the Dask worker(s) local-2" in out
+        r, _ = provision("status", env=appliance["env"])
+        assert r.returncode == 0 and "dask worker local-1: running" in r.stdout and "local-2" not in r.stdout
         assert run(appliance, CONNECT.format(n=1) + "len(client.scheduler_info()['workers'])") == 1
         names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
         assert "appliance-worker-2" not in names and "appliance-worker-1" in names
