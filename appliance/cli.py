@@ -40,6 +40,18 @@ def _target_flags(p, server=True):
         g.add_argument("--image", help="notebook image (default scipy)")
 
 
+def _tls_flags(p):
+    g = p.add_argument_group("certificate (default: one from the appliance's private CA)")
+    g.add_argument("--tls", choices=config.TLS_MODES, help="private: the private CA's certificate (default); "
+                   "acme: one browsers trust, from Let's Encrypt (or --acme-directory) for --domain, renewed on the "
+                   "server by itself")
+    g.add_argument("--acme-email", metavar="ADDR", help="contact for the ACME account (expiry warnings)")
+    g.add_argument("--acme-directory", metavar="URL", help=f"the ACME CA's directory (default {config.LETSENCRYPT}; "
+                   f"Let's Encrypt's staging: {config.LETSENCRYPT_STAGING})")
+    g.add_argument("--acme-ca-bundle", metavar="FILE", help="PEM file of CA certificates trusted for the ACME "
+                   "directory only (a test or in-house ACME CA)")
+
+
 def _cloud_flags(p, create=False):
     g = p.add_argument_group("cloud (credentials: $DIGITALOCEAN_TOKEN or doctl's config; AWS's standard chain)")
     g.add_argument("--cloud", choices=("digitalocean", "aws"), required=not create,
@@ -78,6 +90,7 @@ def parser():
 
     up = sub.add_parser("up", help="provision the server (or the local droplet) into the appliance")
     _target_flags(up)
+    _tls_flags(up)
     _ca_flag(up)
     _cloud_flags(up, create=True)
 
@@ -122,6 +135,7 @@ def parser():
     rebuild = sub.add_parser("rebuild", help="build the notebook image with extra packages and roll it out; "
                              "notebooks are untouched")
     _target_flags(rebuild)
+    _tls_flags(rebuild)
     rebuild.add_argument("--package", action="append", default=[], metavar="NAME==VER",
                          help="add (or change the version of) a Python package; remembered for later runs")
     rebuild.add_argument("--clear-packages", action="store_true", help="drop the packages added before")
@@ -145,6 +159,7 @@ def parser():
 
     render = sub.add_parser("render", help="write every file the server would get under DIR; touches no server")
     _target_flags(render, server=False)
+    _tls_flags(render)
     render.add_argument("--out", required=True, metavar="DIR", help="output directory")
 
     build = sub.add_parser("build", help="build a notebook image with the local Docker engine")
@@ -159,7 +174,8 @@ def _config(args):
     fields = {f: getattr(args, f, None) for f in ("host", "domain", "user", "password_file", "state_dir",
                                                   "ssh_user", "ssh_port", "ssh_key", "image",
                                                   "ssh_host_key_fingerprint", "cloud", "name", "region",
-                                                  "size", "instance_type", "volume_gb", "ssh_from")}
+                                                  "size", "instance_type", "volume_gb", "ssh_from", "tls",
+                                                  "acme_email", "acme_directory", "acme_ca_bundle")}
     return config.load(fields, config_file=getattr(args, "config", None))
 
 
@@ -171,7 +187,8 @@ def cmd_render(args):
     for item in files:
         say(f"  {os.path.join(args.out, item.path.lstrip('/'))}")
     say(f"Rendered {len(files)} files for {cfg.url}")
-    say(f"Certificate SHA-256 fingerprint: {render.tls.fingerprint(cert)}")
+    say(f"Certificate SHA-256 fingerprint: {render.tls.fingerprint(cert)}"
+        + (f" (the private CA's, served until {cfg.acme_directory_url} gives one)" if cfg.tls == "acme" else ""))
     say(f"Login: {cfg.user}, with {where}")
 
 

@@ -39,6 +39,12 @@ _AWS_REGION = re.compile(r"[a-z]{2}(-gov)?-[a-z]{4,10}-[1-9]")  # eu-central-1
 _INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]{0,15}\.[a-z0-9]{1,15}")  # t3.medium
 MAX_VOLUME_GB = 16384
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # as OpenSSH prints it; matched whole
+TLS_MODES = ("private", "acme")
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"  # Let's Encrypt's production ACME directory
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+_EMAIL_LOCAL = re.compile(r"[A-Za-z0-9_%+-]{1,64}(\.[A-Za-z0-9_%+-]{1,64}){0,8}")  # dot-atom, the usual characters
+_DIRECTORY = re.compile(r"https://(?P<host>\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(:(?P<port>[0-9]{1,5}))?"
+                        r"(?P<path>(/[A-Za-z0-9._~-]{0,200}){0,16})")  # no user, query or fragment
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,11 @@ class Config:
     instance_type: str = "t3.medium"  # AWS instance type
     volume_gb: int = 10          # the notebooks volume
     ssh_from: str | None = None  # CIDR allowed to reach SSH through the cloud firewall (default: anywhere)
+    tls: str = "private"         # "private": a certificate from the appliance's private CA; "acme": from an ACME CA
+                                 # (Let's Encrypt) for domain, obtained and renewed on the server by certbot
+    acme_email: str | None = None      # the ACME account's contact (expiry warnings); none: no contact
+    acme_directory: str | None = None  # the ACME CA's directory URL (default LETSENCRYPT)
+    acme_ca_bundle: str | None = None  # a local PEM file trusted for the ACME API only (a test or in-house CA)
 
     @property
     def is_local(self):
@@ -93,6 +104,10 @@ class Config:
     @property
     def target_dir(self):
         return Path(self.state_dir) / self.host
+
+    @property
+    def acme_directory_url(self):
+        return self.acme_directory or LETSENCRYPT
 
 
 def validate_hostname(value, what):
@@ -144,6 +159,80 @@ def validate_port(value, what):
     return value
 
 
+def validate_email(value):
+    """An e-mail address for the ACME account: a dot-atom local part of the usual characters, '@', an LDH
+    domain with at least two labels (lowered)."""
+    local, at, domain = value.partition("@") if value.isascii() else ("", "", "")
+    try:
+        domain = validate_hostname(domain, "acme email domain") if "." in domain else None
+    except ConfigError:
+        domain = None
+    if not at or len(value) > 254 or len(local) > 64 or not _EMAIL_LOCAL.fullmatch(local) or domain is None:
+        raise ConfigError(f"acme email {value!r} is not an e-mail address like admin@example.org")
+    return f"{local}@{domain}"
+
+
+def validate_acme_directory(value):
+    """An https:// URL of an ACME directory: an LDH name, IPv4 or [IPv6] host, an optional port, a path of
+    plain characters; no user, query, fragment, space or '..'. Returns it with the host lowered."""
+    if value.lower().startswith("http://"):
+        raise ConfigError(f"acme directory {value!r} is not an https:// URL (the ACME API is only spoken over TLS)")
+    found = _DIRECTORY.fullmatch(value) if value.isascii() and ".." not in value else None
+    if found:
+        host = found["host"]
+        try:
+            host = f"[{ipaddress.IPv6Address(host[1:-1])}]" if host.startswith("[") else validate_host(host)
+        except (ValueError, ConfigError):
+            found = None
+    if not found or host == LOCAL or (found["port"] and not 1 <= int(found["port"]) <= 65535):
+        raise ConfigError(f"acme directory {value!r} is not a URL like {LETSENCRYPT} (https, a host name or "
+                          "address, an optional port, a plain path; no spaces, query or fragment)")
+    return f"https://{host}{':' + str(int(found['port'])) if found['port'] else ''}{found['path']}"
+
+
+def read_ca_bundle(path):
+    """The PEM certificates of an ACME CA bundle, re-encoded (nothing else of the file travels); ConfigError
+    when the file holds none."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    try:
+        data = Path(path).expanduser().read_bytes()
+        certs = x509.load_pem_x509_certificates(data)
+    except OSError as exc:
+        raise ConfigError(f"acme CA bundle {path!r} is not a readable file ({exc.strerror})") from None
+    except ValueError:
+        certs = []
+    if not certs:
+        raise ConfigError(f"acme CA bundle {path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+
+
+def _check_tls(cfg):
+    """The certificate's settings; returns the normalised ones."""
+    changes = {}
+    if cfg.acme_email is not None:
+        changes["acme_email"] = validate_email(cfg.acme_email)
+    if cfg.acme_directory is not None:
+        changes["acme_directory"] = validate_acme_directory(cfg.acme_directory)
+    if cfg.tls not in TLS_MODES:
+        raise ConfigError(f"tls {cfg.tls!r} is not one of {', '.join(TLS_MODES)}")
+    if cfg.tls != "acme":
+        given = [name for name in ("acme_email", "acme_directory", "acme_ca_bundle") if getattr(cfg, name)]
+        if given:
+            raise ConfigError(f"{given[0].replace('_', ' ')} is only used with --tls acme (a certificate from an "
+                              "ACME CA such as Let's Encrypt)")
+        return changes
+    if cfg.domain is None:
+        raise ConfigError("tls acme needs --domain NAME: the DNS name, pointing at the server, that the "
+                          "certificate is for (ACME CAs do not certify IP addresses here)")
+    if cfg.http_port != 80:
+        raise ConfigError(f"tls acme needs nginx's HTTP port to be 80, not {cfg.http_port} (http_port): the ACME CA "
+                          "checks the domain there (HTTP-01)")
+    if cfg.acme_ca_bundle is not None:
+        read_ca_bundle(cfg.acme_ca_bundle)
+    return changes
+
+
 def _check(cfg):
     """Validate and normalise every field; returns the checked config."""
     changes = {"host": validate_host(cfg.host), "user": validate_account(cfg.user),
@@ -156,6 +245,7 @@ def _check(cfg):
         raise ConfigError(f"SSH host key fingerprint {cfg.ssh_host_key_fingerprint!r} is not like SHA256:<43 "
                           "base64 characters> (ssh-keygen -lf prints it)")
     changes.update(_check_cloud(cfg))
+    changes.update(_check_tls(cfg))
     if not _TZ.fullmatch(cfg.timezone):
         raise ConfigError(f"timezone {cfg.timezone!r} is not a time zone name like UTC or Europe/Paris")
     if not _IMAGE.fullmatch(cfg.image):

@@ -1,7 +1,8 @@
 """`up`: turn a server (or the local droplet) into the appliance over SSH.
 
-Steps: prepare the local state (CA, certificate, htpasswd), reach the server (ssh.py), check its
-disks, build the notebook image here, render the server's files into a private temporary directory,
+Steps: with --tls acme check that the domain resolves to the server, prepare the local state (CA,
+certificate, htpasswd), reach the server (ssh.py), check its disks (and the ACME directory, from there),
+build the notebook image here, render the server's files into a private temporary directory,
 run ansible/server.yml, switch to the operator's login, put the image on the server (ship.py), then
 run ansible/site.yml (playbook.py).
 """
@@ -11,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import bootstrap, images, layout, render, tls
+from . import acme, bootstrap, config, images, layout, render, tls
 from .errors import DeployError
 from .playbook import run_playbook
 from .ship import ship_image
@@ -43,7 +44,42 @@ def role_inputs(cfg, server_ssh_port=None):
     """What every role takes from the layout and cfg; the firewall opens the ports sshd and nginx listen on
     (for the local droplet those inside it: 127.0.0.1:2222 and the like are Docker's publishes here)."""
     ssh_port = server_ssh_port or (22 if cfg.is_local else cfg.ssh_port)
-    return {**layout.role_vars(cfg.user), "hardening_allowed_tcp": sorted({ssh_port, cfg.http_port, cfg.https_port})}
+    return {**layout.role_vars(cfg.user), "hardening_allowed_tcp": sorted({ssh_port, cfg.http_port, cfg.https_port}),
+            "web_tls": cfg.tls}
+
+
+def check_tls(cfg, target, say):
+    """With --tls acme, the ACME directory must answer from the server (before anything changes there).
+    Without it, say so when the server has an ACME certificate: this run switches back to the private CA."""
+    if cfg.tls == "acme":
+        bundle = config.read_ca_bundle(cfg.acme_ca_bundle) if cfg.acme_ca_bundle else None
+        acme.check_directory(target, cfg.acme_directory_url, bundle)
+        return
+    found = remote_json(target, "acme", layout.ACME_CONFIG, layout.ACME_STATUS, f"{layout.ACME_SERVICE}.timer",
+                        layout.TLS_CERT)["acme"]
+    if found:
+        say(f"This run has no --tls acme: the certificate for {found['domain']} from "
+            f"{acme.ca_name(found['directory'])}, its renewal configuration and timer are removed, and the private "
+            "CA's certificate is served again")
+
+
+def certificate_summary(cfg, target, cert, state, say):
+    """`up`'s last lines about the certificate; raises DeployError when the ACME CA gave none."""
+    if cfg.tls != "acme":
+        say(f"  certificate:   SHA-256 {tls.fingerprint(cert)}")
+        say(f"  trust it once: import {state.file('ca.crt')} as a certificate authority in your browser")
+        return
+    facts = remote_json(target, "acme", layout.ACME_CONFIG, layout.ACME_STATUS, f"{layout.ACME_SERVICE}.timer",
+                        layout.TLS_CERT)
+    served, last = acme.certificate(facts["certificate_pem"]), (facts["acme"] or {}).get("last") or {}
+    if served:
+        say(f"  certificate:   from {served['issuer']}, valid until {served['expires'][:10]}, "
+            f"SHA-256 {served['sha256']}")
+    if not last.get("ok"):
+        if served and served["sha256"] == tls.fingerprint(cert):  # the private CA's is served meanwhile
+            say(f"  meanwhile:     import {state.file('ca.crt')} to trust the private CA's certificate")
+        raise DeployError(acme.failure(cfg, {"message": "no attempt was recorded", **last}))
+    say(f"  renewal:       on the server, {layout.ACME_SERVICE}.timer twice a day; `status` shows the last attempt")
 
 
 def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
@@ -53,6 +89,8 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
     if not shutil.which("ssh"):
         bootstrap.apt_install(["openssh-client"], "SSH to the server")
     started = time.monotonic()
+    if cfg.tls == "acme":
+        acme.check_dns(cfg, say=say)
     state, cert, where = render.prepare(cfg)
     if not state.known_hosts.exists():
         say(FIRST_RUN)
@@ -61,6 +99,7 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
             ready(target)
         refuse_system_account(target, cfg.user)
         check_disk(target, cfg.user)
+        check_tls(cfg, target, say)
         tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=state.packages(), say=say)
         extravars = {
             **role_inputs(cfg, server_ssh_port),
@@ -79,10 +118,11 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
         files = render.render(cfg, state, rendered, nginx_version=nginx_version(target))
         extravars.update(render.role_files(files, rendered))
         changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
-        target.close()  # the operator's connection (connect() closes the first one)
-    say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}")
-    say(f"  open:          {cfg.url}")
-    say(f"  login:         {cfg.user}, with {where}")
-    say(f"  certificate:   SHA-256 {tls.fingerprint(cert)}")
-    say(f"  trust it once: import {state.file('ca.crt')} as a certificate authority in your browser")
+        say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}")
+        say(f"  open:          {cfg.url}")
+        say(f"  login:         {cfg.user}, with {where}")
+        try:
+            certificate_summary(cfg, target, cert, state, say)
+        finally:
+            target.close()  # the operator's connection (connect() closes the first one)
     return changed

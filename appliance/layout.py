@@ -21,6 +21,22 @@ TOKEN_HEADER = "X-Appliance-Token"          # nginx -> Jupyter: the name of the 
 IDENTITY_PROVIDER = "appliance_identity.ApplianceIdentityProvider"  # images/base/appliance_identity.py
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 
+# --tls acme: a certificate from an ACME CA (Let's Encrypt), obtained and renewed on the server by Debian's
+# certbot (webroot plugin, HTTP-01 answered by the appliance's nginx on port 80). nginx keeps reading TLS_CERT
+# and TLS_KEY: ACME_SCRIPT copies the ACME certificate there (certbot's deploy hook), or the private CA's
+# (FALLBACK_*) while there is none.
+ACME_CONFIG = f"{ETC}/acme.json"            # ACME_SCRIPT's settings: domain, contact, directory, paths
+ACME_CA_BUNDLE = f"{ETC}/acme-ca.pem"       # --acme-ca-bundle: trusted by certbot for the ACME API only
+FALLBACK_CERT = f"{TLS_DIR}/private.crt"    # the private CA's certificate and key, kept beside the ACME one:
+FALLBACK_KEY = f"{TLS_DIR}/private.key"     # served until it exists, and after a first request that failed
+VAR = "/var/lib/appliance"                  # the appliance's state on the server
+VAR_MODE = "0755"
+ACME_WEBROOT = f"{VAR}/acme-webroot"        # certbot writes the challenge here; nginx serves only its
+                                            # .well-known/acme-challenge/ on port 80
+ACME_STATUS = f"{VAR}/acme-status.json"     # every request and renewal: time, result, message
+CERTBOT_DIR = "/etc/letsencrypt"            # certbot's own: accounts, live/, archive/, renewal/*.conf
+CERTBOT_DEBIAN_TIMER = "certbot.timer"      # Debian's: disabled and masked while the appliance's runs
+
 FILE_MODE = "0644"                          # root-owned, readable by all
 SECRET_MODE = "0640"                        # root:WEB_GROUP: the login verifier reads it, nobody else
 WEB_GROUP = "www-data"                      # nginx's workers and the login verifier run in it
@@ -38,6 +54,10 @@ AUTH_SERVICE = "appliance-auth"             # its systemd units
 AUTH_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.service"
 AUTH_SOCKET_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.socket"
 AUTH_SOCKET = f"/run/{AUTH_SERVICE}/auth.sock"
+ACME_SCRIPT = f"{LIB}/acme.py"              # obtain, renew, install, remove (appliance/server/acme.py)
+ACME_SERVICE = "appliance-certbot"          # its units: the renewal service and its timer
+ACME_UNIT = f"/etc/systemd/system/{ACME_SERVICE}.service"
+ACME_TIMER_UNIT = f"/etc/systemd/system/{ACME_SERVICE}.timer"
 
 CONTAINER = "jupyter"                       # the notebook container's name
 NOTEBOOK_ACCOUNT = "jupyter"                # runs Jupyter and the kernels: no login, no sudo, no SSH key
@@ -109,6 +129,17 @@ def role_vars(user):
         "web_nginx_default_site": NGINX_DEFAULT_SITE,
         "web_nginx_service": NGINX,
         "web_auth_service": AUTH_SERVICE,
+        "web_tls_cert": TLS_CERT,
+        "web_tls_key": TLS_KEY,
+        "web_tls_key_mode": TLS_KEY_MODE,
+        "web_fallback_cert": FALLBACK_CERT,
+        "web_fallback_key": FALLBACK_KEY,
+        "web_acme_config": ACME_CONFIG,
+        "web_acme_script": ACME_SCRIPT,
+        "web_acme_service": ACME_SERVICE,
+        "web_acme_dirs": [VAR, ACME_WEBROOT],
+        "web_acme_dirs_mode": VAR_MODE,
+        "web_certbot_debian_timer": CERTBOT_DEBIAN_TIMER,
         "jupyter_user": user,
         "jupyter_account": NOTEBOOK_ACCOUNT,
         "jupyter_image_home": IMAGE_HOME,

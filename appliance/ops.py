@@ -12,10 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from cryptography import x509
 from packaging.utils import canonicalize_name
 
-from . import auth, console, deploy, images, layout, ssh, tls
+from . import acme, auth, console, deploy, images, layout, ssh
 from .errors import BackupError, DeployError
 from .server.archive import ArchiveError, read_archive
 from .state import State
@@ -52,8 +51,7 @@ def _problems(facts):
     cert = facts.get("certificate")
     if cert is None:
         found.append("no TLS certificate installed")
-    elif cert["days_left"] < 0:
-        found.append("the TLS certificate has expired: run up to renew it")
+    found += acme.problems(cert, facts.get("acme"))
     found += [f"disk nearly full: {d['path']} has {d['free'] / 1e6:.0f} MB free" for d in facts["disks"] if d["low"]]
     return found
 
@@ -78,7 +76,8 @@ def _report(cfg, facts):
                  f"https {facts['https']}")
     if cert:
         lines.append(f"  certificate: expires {cert['expires'][:10]} ({cert['days_left']} days), "
-                     f"SHA-256 {cert['sha256']}")
+                     f"from {cert['issuer']}, SHA-256 {cert['sha256']}")
+    lines += acme.report(facts.get("acme"))
     lines.append(f"  ssh host key: {', '.join(facts['ssh_host_keys']) or 'none pinned'}")
     for d in facts["disks"]:
         lines.append(f"  disk {d['path']}: {d['free'] / 1e9:.1f} GB free of {d['size'] / 1e9:.1f} GB"
@@ -94,15 +93,10 @@ def status(cfg, as_json=False, say=print):
     """Print the appliance's state; returns 0 only when it is healthy."""
     with session(cfg, say) as (target, state):
         facts = ssh.remote_json(target, "status", layout.TLS_CERT, images.LABEL, layout.CONTAINER,
-                                f"{layout.AUTH_SERVICE}.socket", *layout.server_paths(cfg.user))
+                                f"{layout.AUTH_SERVICE}.socket", layout.ACME_CONFIG, layout.ACME_STATUS,
+                                f"{layout.ACME_SERVICE}.timer", *layout.server_paths(cfg.user))
     facts["ssh_host_keys"] = ssh.pinned_host_keys(state)
-    pem = facts.pop("certificate_pem")
-    facts["certificate"] = None
-    if pem:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-        expires = cert.not_valid_after_utc
-        facts["certificate"] = {"expires": expires.isoformat(), "sha256": tls.fingerprint(cert),
-                                "days_left": (expires - datetime.datetime.now(datetime.timezone.utc)).days}
+    facts["certificate"] = acme.certificate(facts.pop("certificate_pem"))
     facts["problems"] = _problems(facts)
     facts["healthy"] = not facts["problems"]
     say(json.dumps(facts, indent=2) if as_json else _report(cfg, facts))

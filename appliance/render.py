@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import auth, layout, tls
+from . import auth, config, layout, tls
 from .errors import ConfigError
 from .state import State
 
@@ -28,7 +28,15 @@ GRAMMAR = {"managed": r"[A-Za-z0-9 ,.;]+", "server_names": _NAME,
            "auth_socket": _PATH, "web_group": r"[a-z_][a-z0-9_-]{0,31}", "jupyter_socket": _PATH,
            "container_socket": _PATH, "notebook_dir": _PATH, "client_max_body_size": r"[1-9][0-9]*[kmg]?",
            "user": r"[a-z_][a-z0-9_-]{0,31}", "tokens": _PATH, "token_header": r"X-[A-Za-z-]{1,64}",
-           "identity_provider": r"[a-z_]+(\.[A-Za-z_]+)+", "access_log": _PATH}
+           "identity_provider": r"[a-z_]+(\.[A-Za-z_]+)+", "access_log": _PATH,
+           # --tls acme (an empty value: not given)
+           "tls": r"private|acme", "acme_domain": r"([a-z0-9.-]{1,253})?",
+           "acme_email": r"([A-Za-z0-9._%+-]{1,64}@[a-z0-9.-]{1,253})?",
+           "acme_directory": r"https://([a-z0-9.-]{1,253}|\[[0-9a-f:.]{2,45}\])(:[0-9]{1,5})?(/[A-Za-z0-9._~-]*)*",
+           "acme_ca_bundle": f"({_PATH})?", "acme_config": _PATH, "acme_script": _PATH, "acme_status": _PATH,
+           "acme_webroot": _PATH, "acme_service": r"[a-z0-9-]+", "acme_unit": _PATH, "acme_timer_unit": _PATH,
+           "certbot_dir": _PATH, "certbot_debian_timer": r"[a-z0-9-]+\.timer", "fallback_cert": _PATH,
+           "fallback_key": _PATH, "nginx_service": r"[a-z0-9-]+"}
 PORTS = ("http_port", "https_port")
 
 
@@ -37,7 +45,8 @@ class ServerFile:
     path: str           # absolute path on the server
     mode: str           # octal, as Ansible takes it
     group: str          # owner is always root
-    service: str = ""   # what must reload when it changes: nginx, appliance-auth, jupyter ("" = nothing)
+    service: str = ""   # what must reload when it changes: nginx, appliance-auth, appliance-certbot, jupyter
+                        # ("" = nothing)
     secret: bool = False
     role: str = "web"   # the Ansible role that installs it
 
@@ -89,6 +98,23 @@ def template_context(cfg, nginx_version=None):
         "notebook_dir": layout.IMAGE_NOTEBOOKS,
         "client_max_body_size": CLIENT_MAX_BODY_SIZE,
         "user": cfg.user,
+        "tls": cfg.tls,
+        "acme_domain": cfg.domain if cfg.tls == "acme" else "",
+        "acme_email": cfg.acme_email or "",
+        "acme_directory": cfg.acme_directory_url,
+        "acme_ca_bundle": layout.ACME_CA_BUNDLE if cfg.acme_ca_bundle else "",
+        "acme_config": layout.ACME_CONFIG,
+        "acme_script": layout.ACME_SCRIPT,
+        "acme_status": layout.ACME_STATUS,
+        "acme_webroot": layout.ACME_WEBROOT,
+        "acme_service": layout.ACME_SERVICE,
+        "acme_unit": layout.ACME_UNIT,
+        "acme_timer_unit": layout.ACME_TIMER_UNIT,
+        "certbot_dir": layout.CERTBOT_DIR,
+        "certbot_debian_timer": layout.CERTBOT_DEBIAN_TIMER,
+        "fallback_cert": layout.FALLBACK_CERT,
+        "fallback_key": layout.FALLBACK_KEY,
+        "nginx_service": layout.NGINX,
     })
 
 
@@ -108,6 +134,7 @@ def render(cfg, state, out_dir, nginx_version=None):
     context = template_context(cfg, nginx_version)
     public, secret, web = layout.FILE_MODE, layout.SECRET_MODE, layout.WEB_GROUP
     nginx, auth_service, jupyter = layout.NGINX, layout.AUTH_SERVICE, layout.CONTAINER
+    acme, key_mode = cfg.tls == "acme", layout.TLS_KEY_MODE
     contents = {
         ServerFile(layout.NGINX_SITE, public, "root", nginx): env.get_template("nginx-site.conf.j2").render(context),
         ServerFile(layout.JUPYTER_CONFIG, public, "root", jupyter, role="jupyter"):
@@ -119,11 +146,27 @@ def render(cfg, state, out_dir, nginx_version=None):
             env.get_template("appliance-auth.socket.j2").render(context),
         ServerFile(layout.AUTHD, public, "root", auth_service):
             (Path(__file__).parent / "server" / "authd.py").read_bytes(),
-        ServerFile(layout.TLS_CERT, public, "root", nginx): state.read("server.crt"),
-        ServerFile(layout.CA_CERT, public, "root"): state.read("ca.crt"),
-        ServerFile(layout.TLS_KEY, layout.TLS_KEY_MODE, "root", nginx, secret=True): state.read("server.key"),
-        ServerFile(layout.HTPASSWD, secret, web, secret=True): state.read("htpasswd"),  # authd re-reads it itself
     }
+    if acme:  # nginx's certificate and key are the server's business (appliance/server/acme.py); the private
+        # CA's wait beside them. The settings go first: the switch back to --tls private looks for them.
+        contents.update({
+            ServerFile(layout.ACME_CONFIG, public, "root"): env.get_template("acme.json.j2").render(context),
+            ServerFile(layout.ACME_SCRIPT, public, "root"): (Path(__file__).parent / "server" / "acme.py").read_bytes(),
+            ServerFile(layout.ACME_UNIT, public, "root", layout.ACME_SERVICE):
+                env.get_template("appliance-certbot.service.j2").render(context),
+            ServerFile(layout.ACME_TIMER_UNIT, public, "root", layout.ACME_SERVICE):
+                env.get_template("appliance-certbot.timer.j2").render(context),
+            ServerFile(layout.FALLBACK_CERT, public, "root"): state.read("server.crt"),
+            ServerFile(layout.FALLBACK_KEY, key_mode, "root", secret=True): state.read("server.key"),
+        })
+        if cfg.acme_ca_bundle:
+            contents[ServerFile(layout.ACME_CA_BUNDLE, public, "root")] = config.read_ca_bundle(cfg.acme_ca_bundle)
+    else:
+        contents[ServerFile(layout.TLS_CERT, public, "root", nginx)] = state.read("server.crt")
+    contents[ServerFile(layout.CA_CERT, public, "root")] = state.read("ca.crt")
+    if not acme:
+        contents[ServerFile(layout.TLS_KEY, key_mode, "root", nginx, secret=True)] = state.read("server.key")
+    contents[ServerFile(layout.HTPASSWD, secret, web, secret=True)] = state.read("htpasswd")  # authd re-reads it
     out_dir = Path(out_dir)
     for item, data in contents.items():
         target = out_dir / item.path.lstrip("/")

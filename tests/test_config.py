@@ -182,7 +182,10 @@ def test_good_values_of_every_field_pass(tmp_path):
 WALL = [("host", "::1%x;satisfy any;allow all;#"), ("host", "x.com\nlisten 81"), ("host", "a b"),
         ("domain", "x.com; return 301 http://evil"), ("domain", "x.com\n"), ("domain", "\u212aelvin.com"),
         ("user", "a\nb"), ("user", "root d"), ("user", "ds;"), ("http_port", 0), ("https_port", True),
-        ("public_https_port", "443; listen 81")]
+        ("public_https_port", "443; listen 81"), ("tls", "acme;"), ("tls", "acme\n"),
+        ("acme_email", 'a@x.org", "x": "'), ("acme_email", "a@x.org\nb"), ("acme_directory", "http://x.org/dir"),
+        ("acme_directory", "https://x.org/dir\nExecStart=/bin/sh"), ("acme_directory", "https://x.org/../dir"),
+        ("acme_directory", "https://x.org/dir?q=1")]
 
 
 @pytest.mark.parametrize("field, value", WALL)
@@ -201,9 +204,89 @@ def test_renderer_refuses_hostile_values_whatever_validated_them(tmp_path, field
     assert sorted(p.name for p in (tmp_path / "state").iterdir()) == ["192.0.2.1"]
 
 
-def test_template_context_values_all_have_a_grammar():
-    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org"}, env={})
+@pytest.mark.parametrize("tls", ["private", "acme"])
+def test_template_context_values_all_have_a_grammar(tls):
+    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org", "tls": tls}, env={})
     assert set(render.template_context(cfg)) <= set(render.GRAMMAR) | set(render.PORTS) | {"http2_directive"}
+
+
+# --tls acme: every value is checked before anything is rendered; each refusal is one line naming the field.
+ACME_REFUSED = [
+    ({"tls": "acme"}, "tls acme needs --domain"),
+    ({"tls": "acme", "domain": "nb.example.org", "http_port": 8080}, "tls acme needs nginx's HTTP port to be 80"),
+    ({"tls": "ACME", "domain": "nb.example.org"}, "tls 'ACME' is not one of private, acme"),
+    ({"tls": "letsencrypt", "domain": "nb.example.org"}, "is not one of"),
+    ({"acme_email": "me@example.org"}, "acme email is only used with --tls acme"),
+    ({"acme_directory": "https://x.org/dir"}, "acme directory is only used with --tls acme"),
+    ({"acme_ca_bundle": "/etc/hostname"}, "acme ca bundle is only used with --tls acme"),
+    *[({"tls": "acme", "domain": "nb.example.org", "acme_email": email}, "is not an e-mail address")
+      for email in ["me", "me@", "@example.org", "me@localhost", "me@example", "me..you@example.org",
+                    ".me@example.org", "me.@example.org", "me@example.org\n", "me @example.org", "me@exa mple.org",
+                    "me@example.org;", "me@example.org,you@example.org", "<me@example.org>", "m\u00e9@example.org",
+                    "me@ex\u0430mple.org", "me@[192.0.2.1]", "me@-example.org", "me\0@example.org", "$(id)@x.org",
+                    "`id`@example.org", "x" * 65 + "@example.org", "me@" + "a" * 64 + ".org", ""]],
+    *[({"tls": "acme", "domain": "nb.example.org", "acme_directory": url}, "is not an https:// URL")
+      for url in ["http://acme.example.org/directory", "HTTP://acme.example.org/directory"]],
+    *[({"tls": "acme", "domain": "nb.example.org", "acme_directory": url}, "is not a URL like")
+      for url in ["https://acme.example.org/dir ectory", "https://acme.example.org/directory\n",
+                  "https://acme.example.org/directory\r\nX: y", "https://acme.example.org/directory\t",
+                  " https://acme.example.org/directory", "https://acme.example.org/directory ",
+                  "https://acme.example.org/dir?x=1", "https://acme.example.org/dir#x",
+                  "https://user:pw@acme.example.org/dir", "https://acme.example.org:0/dir",
+                  "https://acme.example.org:65536/dir", "https://acme.example.org/../dir",
+                  "https://acme.example.org/%2e%2e/dir", "https://acme.example.org/dir;reboot",
+                  "https://acme_example.org/dir", "https://acme.example.org./dir", "https://-acme.example.org/dir",
+                  "https://[fe80::1%eth0]/dir", "https://[::1/dir", "https://01.2.3.4/dir", "https://local/dir",
+                  "https://\u212aelvin.org/dir", "https://acme.example.org/d\u00efr", "https://", "ftp://x.org/dir",
+                  "file:///etc/passwd", "acme.example.org/directory", ""]],
+]
+
+
+@pytest.mark.parametrize("values, message", ACME_REFUSED, ids=[repr(v) for v, _ in ACME_REFUSED])
+def test_acme_settings_are_refused_in_one_line(values, message):
+    with pytest.raises(ConfigError) as refused:
+        config.load({"host": "192.0.2.1", **values}, env={})
+    assert message in str(refused.value).replace("_", " ") and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("https://acme-v02.api.letsencrypt.org/directory", None), ("https://127.0.0.1:14000/dir", None),
+    ("https://ACME.Example.ORG/directory", "https://acme.example.org/directory"), ("https://[::1]:14000/dir", None),
+    ("https://[0:0::1]:08443/dir", "https://[::1]:8443/dir"), ("https://ca.example.org", None),
+    ("https://ca.example.org/acme/acme/directory", None), ("https://acme.zerossl.com/v2/DV90", None)])
+def test_good_acme_directories_are_kept_normalised(given, kept):
+    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org", "tls": "acme", "acme_directory": given},
+                      env={})
+    assert cfg.acme_directory == (kept or given) == cfg.acme_directory_url
+
+
+def test_acme_defaults_and_sources(tmp_path):
+    cfg = config.load({"host": "192.0.2.1", "domain": "nb.example.org", "tls": "acme"}, env={})
+    assert (cfg.acme_email, cfg.acme_directory_url) == (None, config.LETSENCRYPT)
+    assert config.load({"host": "192.0.2.1"}, env={}).tls == "private"  # the private CA stays the default
+    toml = tmp_path / "c.toml"
+    toml.write_text('tls = "acme"\ndomain = "nb.example.org"\nacme-email = "Ops+Nb@Example.ORG"\n')
+    cfg = config.load({"host": "192.0.2.1"}, env={"APPLIANCE_ACME_DIRECTORY": config.LETSENCRYPT_STAGING},
+                      config_file=toml)
+    assert (cfg.tls, cfg.acme_email, cfg.acme_directory) == ("acme", "Ops+Nb@example.org", config.LETSENCRYPT_STAGING)
+
+
+def test_acme_ca_bundle_must_hold_certificates(tmp_path):
+    key = tmp_path / "key.pem"
+    key.write_bytes(tls._new_key(State(tmp_path / "s").ensure(), "k").private_bytes(
+        tls.serialization.Encoding.PEM, tls.serialization.PrivateFormat.PKCS8, tls.serialization.NoEncryption()))
+    flags = {"host": "192.0.2.1", "domain": "nb.example.org", "tls": "acme"}
+    for bad, message in [(key, "holds no PEM certificate"), (tmp_path / "missing.pem", "is not a readable file"),
+                         (tmp_path, "is not a readable file")]:
+        with pytest.raises(ConfigError, match=message):
+            config.load({**flags, "acme_ca_bundle": str(bad)}, env={})
+    state = State(tmp_path / "t").ensure()
+    tls.ensure(state, ("nb.example.org",), say=lambda _: None)
+    bundle = tmp_path / "bundle.pem"  # a key in the same file is left behind: only certificates travel
+    bundle.write_bytes(b"# a comment\n" + state.read("ca.crt") + key.read_bytes() + state.read("server.crt"))
+    cfg = config.load({**flags, "acme_ca_bundle": str(bundle)}, env={})
+    sent = config.read_ca_bundle(cfg.acme_ca_bundle)
+    assert sent == state.read("ca.crt") + state.read("server.crt") and b"PRIVATE" not in sent
 
 
 @pytest.fixture

@@ -82,6 +82,25 @@ CASES = [  # (name, argv after provision.py, extra env, expected text in the err
     ("status of a host refusing SSH", ["status", "--host", "127.0.0.1", "--ssh-port", "{closed}", "--ssh-key",
                                        "{key}"], {}, "refuses SSH connections"),
     ("port out of range", ["up", "--host", "127.0.0.1", "--ssh-port", "70000"], {}, "not a port number"),
+    ("--tls acme without --domain", ["up", "--host", "127.0.0.1", "--tls", "acme"], {}, "tls acme needs --domain"),
+    ("--tls acme without --domain, in the environment", ["render", "--host", "192.0.2.1"],
+     {"APPLIANCE_TLS": "acme"}, "tls acme needs --domain"),
+    ("ACME directory over plain HTTP", ["up", "--host", "127.0.0.1", "--domain", "nb.example.org", "--tls", "acme",
+                                        "--acme-directory", "http://acme.example.org/directory"], {},
+     "is not an https:// URL"),
+    ("ACME directory with a space", ["render", "--host", "192.0.2.1", "--domain", "nb.example.org", "--tls", "acme",
+                                     "--acme-directory", "https://acme.example.org/dir ectory"], {},
+     "is not a URL like"),
+    ("ACME directory with a newline", ["render", "--host", "192.0.2.1", "--domain", "nb.example.org", "--tls",
+                                       "acme", "--acme-directory", "https://acme.example.org/dir\nExecStart=x"], {},
+     "is not a URL like"),
+    ("ACME e-mail without a domain", ["render", "--host", "192.0.2.1", "--domain", "nb.example.org", "--tls", "acme",
+                                      "--acme-email", "root"], {}, "is not an e-mail address"),
+    ("ACME CA bundle that is not PEM", ["render", "--host", "192.0.2.1", "--domain", "nb.example.org", "--tls",
+                                        "acme", "--acme-ca-bundle", "{not_a_key}"], {}, "holds no PEM certificate"),
+    ("ACME setting without --tls acme", ["render", "--host", "192.0.2.1", "--acme-email", "me@example.org"], {},
+     "only used with --tls acme"),
+    ("unknown --tls", ["render", "--host", "192.0.2.1", "--tls", "letsencrypt"], {}, "invalid choice"),
 ]
 
 
@@ -162,8 +181,23 @@ HOSTILE = {
     "swap_mb": ["-1", "99999999", "1.5", "0x10", "2048\0"],
     "image": ["scipy\n", "../scipy", "sci py", "-scipy", "Scipy", "a..b", "scipy;ls", "\u0455cipy", ""],
     "ssh_port": ["0", "70000", "-22", "22;", "0x16"],
+    "tls": ["ACME", "acme\n", "acme;", " acme", "letsencrypt", "private\0", ""],
+    "acme_email": ["me", "me@example", "me@example.org\n", "me@example.org\r", "me @example.org", "me@example.org;",
+                   "me@example.org,you@example.org", "<me@example.org>", "me..you@example.org", ".me@example.org",
+                   "m\u00e9@example.org", "me@ex\u0430mple.org", "me@[192.0.2.1]", "me\0@example.org", "$(id)@x.org",
+                   "`id`@example.org", '"me"@example.org', "me@example.org -m x@y.org", "--email", ""],
+    "acme_directory": ["http://acme.example.org/directory", "https://acme.example.org/dir ectory",
+                       "https://acme.example.org/directory\n", "https://acme.example.org/directory\r",
+                       "https://acme.example.org/d\0", "https://acme.example.org/dir?x=1",
+                       "https://acme.example.org/dir#x", "https://u:p@acme.example.org/dir",
+                       "https://acme.example.org:0/dir", "https://acme.example.org:70000/dir",
+                       "https://acme.example.org/../etc", "https://acme.example.org/%2e%2e", "https://a;b.org/dir",
+                       "https://acme.example.org/dir;reboot", "https://\u212aelvin.org/dir", "https://[fe80::1%eth0]/d",
+                       "https://acme.example.org./dir", "file:///etc/passwd", "acme.example.org/directory",
+                       "https://", ""],
 }
-FLAGS = ("host", "domain", "user", "ssh_user", "image", "ssh_port")  # those with a flag on `render`/`up`
+FLAGS = ("host", "domain", "user", "ssh_user", "image", "ssh_port", "tls", "acme_email",
+         "acme_directory")  # those with a flag on `render`/`up`
 
 
 def _sources(field, value):
@@ -190,6 +224,8 @@ def test_hostile_value_is_refused_before_anything_is_written(field, value, sourc
         argv += ["--out", str(tmp_path / "out")]
     if field != "host":
         argv += ["--host", "192.0.2.1"]
+    if field.startswith("acme_"):  # refused by its own grammar, not for want of --tls acme
+        argv += ["--tls", "acme", "--domain", "nb.example.org"]
     if source == "flag":
         argv.append(f"--{field.replace('_', '-')}={value}")
     elif source == "env":

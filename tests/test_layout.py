@@ -50,12 +50,15 @@ def test_drift_check_matches_what_the_server_prints(tmp_path):
                                                                                     items[1]["path"]]
 
 
-def test_every_rendered_file_has_a_role_and_a_known_service(tmp_path):
-    cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state")}, env={})
+@pytest.mark.parametrize("tls", ["private", "acme"])
+def test_every_rendered_file_has_a_role_and_a_known_service(tmp_path, tls):
+    cfg = config.load({"host": "192.0.2.1", "state_dir": str(tmp_path / "state"), "domain": "nb.example.org",
+                       "tls": tls}, env={})
     state, _, _ = render.prepare(cfg, interactive=False,
                                  env={"APPLIANCE_PASSWORD": "a long test password"})
     files = render.render(cfg, state, tmp_path / "out")
-    services = {layout.NGINX: "web", layout.AUTH_SERVICE: "web", layout.CONTAINER: "jupyter"}
+    services = {layout.NGINX: "web", layout.AUTH_SERVICE: "web", layout.CONTAINER: "jupyter",
+                layout.ACME_SERVICE: "web"}
     for f in files:
         assert f.service == "" or services[f.service] == f.role, f
     by_path = {f.path: f for f in files}
@@ -67,7 +70,22 @@ def test_role_vars_are_what_the_roles_declare():
     for specs in (ROOT / "ansible/roles").glob("*/meta/argument_specs.yml"):
         declared |= set(yaml.safe_load(specs.read_text())["argument_specs"]["main"]["options"])
     assert set(layout.role_vars("ds")) <= declared
+    assert set(deploy.role_inputs(config.load({"host": "192.0.2.1"}, env={}))) <= declared
     assert {"web_files", "jupyter_files"} <= declared
+
+
+def test_the_acme_settings_name_what_the_web_role_uses():
+    """The script's settings file and the role agree on the paths (both come from layout.py)."""
+    roles = layout.role_vars("ds")
+    assert (roles["web_tls_cert"], roles["web_tls_key"], roles["web_tls_key_mode"]) == \
+        (layout.TLS_CERT, layout.TLS_KEY, "0600")
+    assert roles["web_acme_dirs"] == [layout.VAR, layout.ACME_WEBROOT]
+    assert layout.ACME_WEBROOT.startswith(layout.VAR + "/") and layout.ACME_STATUS.startswith(layout.VAR + "/")
+    tasks = (ROOT / "ansible/roles/web/tasks/acme.yml").read_text()
+    assert "obtain {{ web_acme_config }}" in tasks and "flush_handlers" in tasks
+    main = yaml.safe_load((ROOT / "ansible/roles/web/tasks/main.yml").read_text())
+    removal = next(t for t in main if "remove" in str(t.get("ansible.builtin.command", "")))
+    assert removal["args"]["removes"] == "{{ web_acme_config }}" and removal["when"] == "web_tls == 'private'"
 
 
 def test_image_makes_the_layouts_directories():
@@ -155,3 +173,29 @@ def test_the_package_directory_is_the_notebook_accounts_alone():
     run = next(t["community.docker.docker_container"] for t in tasks if "community.docker.docker_container" in t)
     assert {"type": "bind", "source": "{{ jupyter_packages_dir }}",
             "target": "{{ jupyter_image_packages }}"} in run["mounts"]
+
+
+def _templated(expression, variables):
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar, trust_as_template
+    return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(expression))
+
+
+@pytest.mark.parametrize("tls, packages", [("private", ["nginx", "python3-bcrypt"]),
+                                           ("acme", ["nginx", "python3-bcrypt", "certbot"])])
+def test_certbot_comes_only_with_acme(tls, packages):
+    tasks = yaml.safe_load((ROOT / "ansible/roles/web/tasks/main.yml").read_text())
+    apt = next(t["ansible.builtin.apt"] for t in tasks if "ansible.builtin.apt" in t)
+    assert _templated(apt["name"], {"web_tls": tls}) == packages
+
+
+@pytest.mark.parametrize("registered, changed", [
+    ({"rc": 0, "stdout": '{"changed": true, "ok": true, "result": "issued"}'}, True),
+    ({"rc": 0, "stdout": '{"changed": false, "ok": true, "result": "kept"}'}, False),
+    ({"rc": 0, "stdout": '{"changed": false, "ok": false, "result": "failed"}'}, False),
+    ({"rc": 1, "stdout": ""}, False),  # the script's own error: the task fails, with its message, not a JSON error
+])
+def test_obtain_is_changed_only_when_nginx_got_another_certificate(registered, changed):
+    tasks = yaml.safe_load((ROOT / "ansible/roles/web/tasks/acme.yml").read_text())
+    task = next(t for t in tasks if "obtain" in str(t.get("ansible.builtin.command", "")))
+    assert _templated("{{ " + task["changed_when"] + " }}", {"web_acme_obtained": registered}) is changed

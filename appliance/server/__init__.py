@@ -1,6 +1,10 @@
-"""Code that runs on the server (standard library only, plus Debian's python3-bcrypt for authd.py).
+"""Code that runs on the server (standard library only, plus Debian's python3-bcrypt for authd.py and
+python3-cryptography for acme.py).
 
 * authd.py: the login verifier, installed at layout.AUTHD and run by systemd.
+* acme.py (--tls acme only): the ACME certificate's request, renewal, deploy hook and removal, installed
+  at layout.ACME_SCRIPT like authd.py (a rendered file); uses Debian's python3-cryptography, which
+  certbot brings.
 * remote.py: what day-2 commands run there; its source goes over SSH as `python3 -c`, nothing stays.
 * archive.py: the backup archive check and chain IDs, used on both ends; remote_source() sends it to
   the server ahead of remote.py, so the two run there as one script.

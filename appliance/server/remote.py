@@ -170,11 +170,73 @@ def _https_answers():
         return f"no answer ({exc})"
 
 
-def status(cert, label_name, container, auth_socket_unit, *paths):
+def _acme(config, status_path, timer):
+    """The ACME certificate's settings, its renewal timer's state and the last attempts (None without
+    --tls acme: no config file)."""
+    try:
+        with open(config) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(status_path) as f:
+            attempts = json.load(f)["attempts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        attempts = []
+    return {"domain": settings.get("domain"), "directory": settings.get("directory"),
+            "timer": _run("systemctl", "is-active", timer) or "inactive",
+            "timer_enabled": _run("systemctl", "is-enabled", timer) or "disabled",
+            "last": attempts[-1] if attempts else None,
+            "last_renewal": next((a for a in reversed(attempts) if a.get("action") == "renewal"), None)}
+
+
+def acme(config, status_path, timer, cert):
+    """The ACME facts and the served certificate (JSON), for `up`'s summary."""
+    facts = {"acme": _acme(config, status_path, timer)}
+    try:
+        with open(cert) as f:
+            facts["certificate_pem"] = f.read()
+    except OSError:
+        facts["certificate_pem"] = None
+    print(json.dumps(facts))
+
+
+def acme_directory(url):
+    """Does url answer as an ACME directory? A CA bundle to trust may come on stdin (PEM, else empty).
+    Prints {"ok", "message"}: checked before `up --tls acme` changes anything."""
+    bundle = sys.stdin.read()
+    ctx = ssl.create_default_context(cadata=bundle) if bundle.strip() else ssl.create_default_context()
+    if not bundle.strip() and not ctx.cert_store_stats()["x509_ca"]:
+        # no CA certificates on the server yet (ca-certificates comes with certbot): check the answer only
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": "application/json"}),
+                                    context=ctx, timeout=20) as r:
+            body = json.loads(r.read(1 << 20))
+    except urllib.error.HTTPError as exc:
+        result = {"ok": False, "message": f"answers HTTP {exc.code}"}
+    except (OSError, ValueError) as exc:
+        reason = exc if isinstance(exc, ssl.SSLError) else getattr(exc, "reason", None) or exc
+        if isinstance(reason, ssl.SSLError):
+            why = getattr(reason, "verify_message", None) or reason.reason or reason
+            result = {"ok": False, "message": f"fails TLS ({why}); a private ACME CA needs --acme-ca-bundle"}
+        elif isinstance(exc, ValueError):
+            result = {"ok": False, "message": "does not answer with JSON"}
+        else:
+            result = {"ok": False, "message": f"does not answer ({reason})"}
+    else:
+        missing = [k for k in ("newNonce", "newAccount", "newOrder") if not isinstance(body, dict) or k not in body]
+        result = {"ok": not missing, "message": f"is not an ACME directory (no {', '.join(missing)})" if missing
+                  else "answers as an ACME directory"}
+    print(json.dumps(result))
+
+
+def status(cert, label_name, container, auth_socket_unit, acme_config, acme_status, acme_timer, *paths):
     """Facts about the appliance (JSON): cert is the served certificate's path, label_name the image's
     versions-manifest label, container the notebook container, auth_socket_unit the login verifier's
-    socket unit, paths where the appliance writes."""
-    facts = {"container": None, "image": None}
+    socket unit, acme_* the ACME certificate's settings, status file and renewal timer, paths where the
+    appliance writes."""
+    facts = {"container": None, "image": None, "acme": _acme(acme_config, acme_status, acme_timer)}
     inspect = _run("docker", "inspect", "--format", "{{json .}}", container)
     if inspect:
         c = json.loads(inspect)
@@ -404,6 +466,7 @@ def forget_user_packages(directory, account):
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     commands = {"backup": backup, "restore": restore, "status": status, "layers": layers, "install": install,
-                "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths))),
-                "user_packages": user_packages, "forget_user_packages": forget_user_packages}
+                "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths))), "acme": acme,
+                "acme-directory": acme_directory, "user_packages": user_packages,
+                "forget_user_packages": forget_user_packages}
     commands[command](*args)
