@@ -1,6 +1,6 @@
 """Runs inside the scipy image (tests/test_images.py): each package of the data-science set does one small real
 thing. Prints one JSON object."""
-import json, os, tempfile
+import json, tempfile
 import numpy as np
 import pandas as pd
 out = {}

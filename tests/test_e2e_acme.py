@@ -8,23 +8,20 @@ operator's machine cannot resolve appliance.test, so `up` warns and continues. A
 switched back to the private CA and provisioned with the session's usual settings, as the other e2e tests
 expect it.
 """
-import datetime
 import http.client
-import ipaddress
 import json
 import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+import acme_harness
 from appliance import layout
-from helpers import DROPLET, in_droplet, jupyter_started_at, provision
+from helpers import ARTIFACTS, DROPLET, in_droplet, jupyter_started_at, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 
@@ -55,26 +52,10 @@ def fetch_in_droplet(url, cafile=None, data=None):
     return droplet("python3", "-c", script, url, cafile or "", json.dumps(data) if data else "", timeout=60).stdout
 
 
-def listener_certificate():
-    """Pebble's API listener: a CA and a certificate for 127.0.0.1 and localhost (the package ships none)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "e2e Pebble listener CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    return (ca.public_bytes(pem).decode(), cert.public_bytes(pem).decode(),
-            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
+def listener_certificate(tmp_path):
+    """Pebble's API listener (the package ships none): (CA, certificate, key) as PEM text."""
+    made = acme_harness.listener_certificate(tmp_path)
+    return tuple(Path(made[name]).read_text() for name in ("ca", "cert", "key"))
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +63,7 @@ def pebble(appliance, tmp_path_factory):
     """Pebble and pebble-challtestsrv as transient units in the droplet; afterwards they stop and the droplet
     is provisioned with the session's settings again (the private CA)."""
     droplet("sh", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q pebble", timeout=900)
-    ca, cert, key = listener_certificate()
+    ca, cert, key = listener_certificate(tmp_path_factory.mktemp("listener"))
     config = {"pebble": {"listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
                          "certificate": f"{PEBBLE_DIR}/cert.pem", "privateKey": f"{PEBBLE_DIR}/key.pem",
                          "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "",
@@ -122,12 +103,19 @@ def pebble(appliance, tmp_path_factory):
         droplet("systemctl", "stop", "e2e-pebble.service", "e2e-challtestsrv.service", check=False, timeout=60)
         droplet("rm", "-rf", PEBBLE_DIR, check=False, timeout=60)
         r, _ = provision("up", env=appliance["env"])  # the session's droplet as the other tests expect it
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "e2e-acme.json").write_text(json.dumps(FIGURES, indent=2))
         assert r.returncode == 0, r.stdout[-4000:]
 
 
+FIGURES = {}  # for the record (tests/artifacts/e2e-acme.json): how long issuing and renewing took, what failure says
+
+
 def up_acme(pebble, domain=DOMAIN):
-    return provision("up", "--domain", domain, "--tls", "acme", "--acme-email", "e2e@appliance.test",
-                     "--acme-directory", DIRECTORY, "--acme-ca-bundle", pebble["bundle"], env=pebble["env"])[0]
+    r, took = provision("up", "--domain", domain, "--tls", "acme", "--acme-email", "e2e@appliance.test",
+                        "--acme-directory", DIRECTORY, "--acme-ca-bundle", pebble["bundle"], env=pebble["env"])
+    FIGURES.setdefault("up_s", []).append(round(took, 1))
+    return r
 
 
 def _peer(ctx, name):
@@ -231,8 +219,10 @@ def test_the_timer_service_renews_and_a_forced_renewal_reloads_nginx_only(pebble
     assert in_droplet("systemctl", "show", "-p", "Result", "--value", f"{layout.ACME_SERVICE}.service").strip() \
         == "success"
     before, started, (master, workers) = serial(), jupyter_started_at(), nginx_processes()
+    renewing = time.monotonic()
     droplet("systemd-run", "--wait", "--pipe", "--collect", "--unit=e2e-forced-renewal", "/usr/bin/python3",
             layout.ACME_SCRIPT, "renew", layout.ACME_CONFIG, "--force", timeout=600)
+    FIGURES["forced_renewal_s"] = round(time.monotonic() - renewing, 1)
     assert serial() != before and attempts()[-1]["result"] == "renewed"
     deadline = time.monotonic() + 30
     while nginx_processes()[1] & workers and time.monotonic() < deadline:  # old workers finish, then go
@@ -270,6 +260,7 @@ def test_a_failed_request_is_one_line_and_the_previous_certificate_stays(pebble)
     finally:
         fetch_in_droplet(f"{CHALLTESTSRV}/clear-servfail", data={"host": f"{FAILING}."})
     errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
+    FIGURES["failed_request_says"] = errors
     assert r.returncode == 1 and len(errors) == 1, r.stdout[-4000:]
     assert errors[0].startswith(f"error: no certificate from the ACME CA at {DIRECTORY} for {FAILING}: {FAILING}: ")
     assert "keeps serving" in errors[0] and "run the same up again" in errors[0] and "Traceback" not in r.stdout
