@@ -4,6 +4,7 @@ It boots systemd, runs sshd and (once provisioned) its own Docker engine, and
 is reached over SSH on 127.0.0.1:2222 exactly like a cloud server. Notebooks
 live in a named volume, so `down` without --purge keeps them.
 """
+import contextlib
 import io
 import socket
 import tarfile
@@ -13,7 +14,7 @@ import docker
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from . import engine, images
+from . import engine, images, ssh
 from .errors import DeployError
 from .state import State
 
@@ -98,12 +99,9 @@ def _authorize(container, public):
 def _wait_for_ssh(port, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            if ssh.greets("127.0.0.1", port):
+                return
         time.sleep(0.5)
     raise DeployError(f"the local droplet's sshd did not answer on 127.0.0.1:{port} within {timeout} s")
 
