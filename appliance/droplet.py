@@ -15,7 +15,7 @@ import docker
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from . import engine, images
+from . import engine, images, ssh
 from .errors import DeployError
 from .state import State
 
@@ -125,12 +125,9 @@ def _authorize(container, public):
 def _wait_for_ssh(port, timeout=120):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            if ssh.greets("127.0.0.1", port):
+                return
         time.sleep(0.5)
     raise DeployError(f"the droplet's sshd did not answer on 127.0.0.1:{port} within {timeout} s")
 

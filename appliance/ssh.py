@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shlex
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -97,6 +98,14 @@ def check_reachable(target):
         raise DeployError(f"the SSH host key of {target.host} changed since the last run; if the server was "
                           f"rebuilt, remove its line from {target.known_hosts}")
     raise DeployError(f"cannot reach {where} over SSH: {err}")
+
+
+def greets(host, port, timeout=5):
+    """Whether sshd answers on host:port with its greeting: a port that accepts is not enough (a server still
+    booting, a NAT or proxy in front). Connection errors are raised (OSError)."""
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.settimeout(timeout)
+        return s.recv(4) == b"SSH-"
 
 
 def host_key_fingerprint(blob):

@@ -176,3 +176,8 @@ def test_cluster(appliance):
         (ARTIFACTS / "e2e-cluster-timings.json").write_text(json.dumps(TIMINGS, indent=2))
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"], capture_output=True, text=True).stdout
     assert "appliance-worker-" not in names
+    # the notebook container no longer has the cluster's client certificate or its settings (a container
+    # kept with them could not even restart once the mount's source is gone)
+    seen = json.loads(droplet("appliance-droplet", "docker", "inspect", "jupyter"))[0]
+    assert not [m for m in seen["Mounts"] if "dask" in m["Source"] or "dask" in m["Destination"]], seen["Mounts"]
+    assert not [v for v in seen["Config"]["Env"] if v.startswith("DASK_")], seen["Config"]["Env"]

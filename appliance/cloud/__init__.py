@@ -10,7 +10,6 @@ provider's own config files only; they are never written anywhere.
 import dataclasses
 import os
 import re
-import socket
 import subprocess
 import time
 from datetime import datetime, timezone
@@ -91,14 +90,14 @@ def wait_for(what, check, say, timeout=SERVER_TIMEOUT):
 
 def wait_for_ssh(host, port, say, timeout=SSH_TIMEOUT):
     """Until sshd greets: a port that accepts is not enough (a booting server, a NAT or proxy in front)."""
+    from ..ssh import greets
+
     def check():
         try:
-            with socket.create_connection((host, port), timeout=5) as s:
-                s.settimeout(5)
-                greeting = s.recv(4)
+            answered = greets(host, port)
         except OSError as exc:
             return False, exc.strerror or type(exc).__name__
-        return greeting == b"SSH-", "answering" if greeting == b"SSH-" else "no SSH greeting yet"
+        return answered, "answering" if answered else "no SSH greeting yet"
     wait_for(f"Waiting for SSH on {host}:{port}", check, say, timeout)
 
 
