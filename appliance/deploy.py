@@ -4,7 +4,8 @@ Steps: with --tls acme check that the domain resolves to the server, prepare the
 certificate, htpasswd), reach the server (ssh.py), check its disks (and the ACME directory, from there),
 build the notebook image here, render the server's files into a private temporary directory,
 run ansible/server.yml, switch to the operator's login, put the image on the server (ship.py), then
-run ansible/site.yml (playbook.py).
+run ansible/site.yml (playbook.py). When the server is as the last full run left it (appliance/digest.py:
+one round trip), the playbooks are skipped.
 """
 import re
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import acme, bootstrap, cluster, config, images, layout, render, tls
+from . import acme, bootstrap, cluster, config, digest, engine, images, layout, render, tls
 from .errors import DeployError
 from .playbook import run_playbook
 from .ship import ship_image
@@ -82,6 +83,20 @@ def certificate_summary(cfg, target, cert, state, say):
     say(f"  renewal:       on the server, {layout.ACME_SERVICE}.timer twice a day; `status` shows the last attempt")
 
 
+def appliance_vars(cfg, state, extravars, rendered, nginx, workers, tag):
+    """site.yml's variables: extravars, the server's files rendered under `rendered`, the cluster's."""
+    files = render.render(cfg, state, rendered, nginx_version=nginx, cluster=bool(workers))
+    return {**extravars, **render.role_files(files, rendered), "dask_image_tag": tag,
+            **cluster.appliance_vars(state, workers, cluster.appliance_address(cfg) if workers else "")}
+
+
+def summary(cfg, target, cert, state, where, started, changed, say):
+    say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}")
+    say(f"  open:          {cfg.url}")
+    say(f"  login:         {cfg.user}, with {where}")
+    certificate_summary(cfg, target, cert, state, say)
+
+
 def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
     """Provision cfg's target; returns the number of changes made. `ready(target)` runs first over the first
     connection (a cloud server: wait for cloud-init); `server_ssh_port` is sshd's port there when the one
@@ -111,6 +126,13 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
             "jupyter_cpus": cfg.cpus,
         }
         base_vars = dict(extravars)  # what a worker server's server.yml takes too
+        image_id = engine.client().images.get(tag).id
+        # the fast path: a server without a cluster that a full run left as it is now
+        if state.login() == cfg.user and not state.workers() and not cfg.worker_list([]):
+            wanted = appliance_vars(cfg, state, extravars, Path(work) / "check", nginx_version(target), [], tag)
+            if digest.unchanged(target, wanted, image_id, say):
+                summary(cfg, target, cert, state, where, started, 0, say)
+                return 0
         changed = run_playbook(target, "server.yml", extravars, say)
         target.close()
         target = operator_login(target, cfg.user, state)
@@ -120,19 +142,16 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
         cluster.retire(target, [w["name"] for w in gone], say)
         cluster.release(cfg, state, gone, say)
         changed += len(gone)
-        rendered = Path(work) / "render"  # after server.yml: its package lists say which nginx comes
-        files = render.render(cfg, state, rendered, nginx_version=nginx_version(target), cluster=bool(workers))
-        extravars.update(render.role_files(files, rendered), dask_image_tag=tag,
-                         **cluster.appliance_vars(state, workers, cluster.appliance_address(cfg) if workers else ""))
+        # after server.yml: its package lists say which nginx comes
+        extravars = appliance_vars(cfg, state, extravars, Path(work) / "render", nginx_version(target), workers, tag)
         changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
         for worker in workers:
             changed += cluster.provision_worker(cfg, state, worker, workers, tag, base_vars, say)
         state.set_workers([{k: w[k] for k in ("name", "host", "port", "address")} for w in workers])
-        say(f"\nReady in {time.monotonic() - started:.0f} s, changed={changed}")
-        say(f"  open:          {cfg.url}")
-        say(f"  login:         {cfg.user}, with {where}")
+        if not workers:
+            digest.record(target, extravars, image_id, say)
         try:
-            certificate_summary(cfg, target, cert, state, say)
+            summary(cfg, target, cert, state, where, started, changed, say)
         finally:
             target.close()  # the operator's connection (connect() closes the first one)
     return changed

@@ -31,6 +31,7 @@ FALLBACK_CERT = f"{TLS_DIR}/private.crt"    # the private CA's certificate and k
 FALLBACK_KEY = f"{TLS_DIR}/private.key"     # served until it exists, and after a first request that failed
 VAR = "/var/lib/appliance"                  # the appliance's state on the server
 VAR_MODE = "0755"
+DIGEST_RECORD = f"{VAR}/last-run.json"       # `up`'s fast path: the last full run's inputs and what it left (0600)
 ACME_WEBROOT = f"{VAR}/acme-webroot"        # certbot writes the challenge here; nginx serves only its
                                             # .well-known/acme-challenge/ on port 80
 ACME_STATUS = f"{VAR}/acme-status.json"     # every request and renewal: time, result, message

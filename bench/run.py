@@ -232,9 +232,11 @@ def main():
     if args.cold_up:
         provision("down", "--purge")
         cold = provision("up", "--ca-bundle", args.ca_bundle)
-        noop = provision("up", "--ca-bundle", args.ca_bundle)
-        extra += [("P5 cold `up`, fresh droplet, image prebuilt", f"{cold} s", "≤ 240 s"),
-                  ("P5 no-op second `up`", f"{noop} s", "≤ 20 s")]
+        extra += [("P5 cold `up`, fresh droplet, image prebuilt", f"{cold} s", "≤ 240 s")]
+    provision("up", "--ca-bundle", args.ca_bundle)  # (whatever the droplet was, now as this code leaves it)
+    noop, out = provision("up", "--ca-bundle", args.ca_bundle, output=True)
+    fast = "Ansible is not needed" in out
+    extra += [("P5 no-op `up`" + (" (fast path)" if fast else " (the fast path was NOT taken)"), f"{noop} s", "≤ 5 s")]
     password = os.environ.get("APPLIANCE_PASSWORD") or (state / "password").read_text()
     container = docker.from_env().containers.get("appliance-droplet")
     archive = io.BytesIO()

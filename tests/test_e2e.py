@@ -16,6 +16,7 @@ import pytest
 import requests
 
 import jupyter_api
+from appliance import layout
 from helpers import ARTIFACTS, DROPLET, PASSWORD, URL, in_droplet, jupyter_started_at, provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -112,10 +113,46 @@ def test_second_up_changes_nothing(appliance):
     appliance["timings"]["noop_up_s"] = round(seconds, 1)
     assert r.returncode == 0, r.stdout[-4000:]
     assert "changed=0" in r.stdout
-    assert "already on the server" in r.stdout
+    assert "Ansible is not needed" in r.stdout and "PLAY" not in r.stdout  # the fast path (appliance/digest.py)
     assert (jupyter_started_at(), nginx_started_at()) == before
     assert (Path(appliance["state"]) / "local" / "server.crt").read_bytes() == fingerprint
     assert (Path(appliance["state"]) / "local" / "htpasswd").read_bytes() == htpasswd
+
+
+def sha256_in_droplet(path):
+    return in_droplet("sha256sum", path).split()[0]
+
+
+# Drift the no-op fast path must not hide: each is made by hand on the server, the next `up` runs Ansible
+# and repairs it. (what to do, the thing `up` names, how to tell it is repaired)
+DRIFTS = [
+    (["sh", "-c", f"echo '# edited by hand' >> {layout.NGINX_SITE}"], f"path {layout.NGINX_SITE}",
+     lambda before: sha256_in_droplet(layout.NGINX_SITE) == before["site"]),
+    (["chmod", "0644", layout.HTPASSWD], f"path {layout.HTPASSWD}",
+     lambda before: in_droplet("stat", "-c", "%a", layout.HTPASSWD).strip() == "640"),
+    (["systemctl", "stop", "nginx"], "unit nginx",
+     lambda before: in_droplet("systemctl", "is-active", "nginx").strip() == "active"),
+    (["apt-get", "remove", "-y", "-q", "unattended-upgrades"], "package unattended-upgrades",
+     lambda before: in_droplet("dpkg-query", "-W", "-f", "${db:Status-Abbrev}", "unattended-upgrades").strip() == "ii"),
+    (["docker", "stop", layout.CONTAINER], f"container {layout.CONTAINER}",
+     lambda before: in_droplet("docker", "inspect", "-f", "{{.State.Health.Status}}", layout.CONTAINER).strip()
+     == "healthy"),
+]
+
+
+def test_drift_falls_through_to_ansible_which_repairs_it(appliance):
+    before = {"site": sha256_in_droplet(layout.NGINX_SITE)}
+    for command, named, repaired in DRIFTS:
+        in_droplet(*command)
+        r, _ = provision("up", env=appliance["env"])
+        assert r.returncode == 0, r.stdout[-4000:]
+        assert "Running Ansible: the server differs from the last run" in r.stdout and named in r.stdout, r.stdout[-3000:]
+        assert "changed=0\n" not in r.stdout.split("Ready in")[1], r.stdout[-2000:]
+        assert repaired(before), (command, r.stdout[-2000:])
+    r, seconds = provision("up", env=appliance["env"])  # repaired and recorded: the fast path again
+    appliance["timings"]["noop_up_after_repairs_s"] = round(seconds, 1)
+    assert r.returncode == 0 and "Ansible is not needed" in r.stdout and "changed=0" in r.stdout, r.stdout[-3000:]
+    assert requests.get(f"{URL}/api/status", verify=appliance["ca"], auth=("ds", PASSWORD), timeout=30).status_code == 200
 
 
 CONNECT = ("import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/jupyter/jupyter.sock'); "

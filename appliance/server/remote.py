@@ -31,6 +31,7 @@ import urllib.request
 
 if __name__ != "__main__":  # imported on the operator's machine; on the server archive.py's source runs first
     from .archive import MANIFEST, TOP, ArchiveError, Hashing, chain_ids, read_archive
+    from .observe import observe
 
 LOW_DISK = 1 << 30  # free space below min(1 GiB, 10% of the filesystem) is "low"
 
@@ -463,10 +464,43 @@ def forget_user_packages(directory, account):
     print(json.dumps(_as_account(account, _remove, directory, wanted)))
 
 
+def digest(mode, record_path, inputs):
+    """`up`'s fast path (appliance/digest.py), with the watch list (JSON) on stdin. "record": keep the
+    inputs digest and what is observed now in record_path (root, 0600). "check": print {"same", "why"}:
+    same when the inputs and every observation match the record and the appliance answers healthy."""
+    watch = json.loads(sys.stdin.read())
+    if mode == "record":  # (its directory first: it may be one of the paths observed)
+        os.makedirs(os.path.dirname(record_path), mode=0o755, exist_ok=True)
+    seen, health = observe(watch)
+    if mode == "record":
+        _replace(record_path, json.dumps({"inputs": inputs, "seen": seen}, indent=1).encode(), "600", "root")
+        print("{}")
+        return
+    try:
+        with open(record_path) as f:
+            last = json.load(f)
+    except (OSError, ValueError):
+        last = None
+    unhealthy = [f"{name} is {state}" for name, state in health.items() if state not in ("healthy", "none")]
+    differ = sorted(k for k in set(seen) | set((last or {}).get("seen", {})) if last["seen"].get(k) != seen.get(k)) \
+        if last else []
+    if last is None:
+        why = "no record of a full run on this server"
+    elif last.get("inputs") != inputs:
+        why = "the settings, files, image or roles differ from the last run's"
+    elif differ:
+        why = "the server differs from the last run: " + ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
+    elif unhealthy or _https_answers() != "login required":
+        why = "the appliance is not healthy: " + (", ".join(unhealthy) or f"HTTPS: {_https_answers()}")
+    else:
+        why = ""
+    print(json.dumps({"same": not why, "why": why}))
+
+
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
     commands = {"backup": backup, "restore": restore, "status": status, "layers": layers, "install": install,
                 "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths))), "acme": acme,
                 "acme-directory": acme_directory, "user_packages": user_packages,
-                "forget_user_packages": forget_user_packages}
+                "forget_user_packages": forget_user_packages, "digest": digest}
     commands[command](*args)
