@@ -1,4 +1,4 @@
-"""The login verifier nginx asks on every request (`auth_request`).
+"""The login verifier nginx asks (`auth_request`) about every request without a valid session cookie.
 
 nginx's own `auth_basic` runs bcrypt on every request inside its event loop
 (~230 ms at cost 12): JupyterLab's 68-request page load took 17 s. This
@@ -24,6 +24,22 @@ at start, never the password -- so later requests cost a dictionary lookup.
   queue up to BCRYPT_WAIT seconds, then get 403 (429) uncounted. Remembered
   logins never queue. The failure table forgets expired entries and holds at
   most MAX_ADDRESSES addresses.
+
+Session cookies (so that most requests never reach this verifier):
+* When a Basic login is let in (checked with bcrypt or remembered), the answer carries SESSION_HEADER: a
+  Set-Cookie value for SESSION_COOKIE, which nginx passes to the browser (`Secure; HttpOnly;
+  SameSite=Strict; Path=/`, Max-Age SESSION_SECONDS). Never for a token, a 401 or a 403.
+* The value is "expiry.user.mac": expiry in epoch seconds, the user in base64url, and mac = HMAC-SHA256 of
+  "expiry.user" under HMAC-SHA256(session key, SHA-256 of the htpasswd file that let the login in),
+  base64url. nginx checks it itself (session.js, njs, reading both files on every check): a valid cookie
+  is proxied with no question to this verifier, so a new htpasswd ends every session at once with no
+  reload. The session key (--session-key, SESSION_KEY_BYTES random bytes made on the server by the web
+  role) is re-read for every cookie issued; without it no cookie is issued and every request is asked here.
+* A request with no Authorization header, no token parameter and no valid cookie is answered 401 by nginx
+  itself (the same WWW-Authenticate as here): such floods cost this verifier nothing.
+* The cookie is short-lived on purpose: the browser keeps sending its Basic login, so when the cookie has
+  expired that request comes here, is remembered (no bcrypt) and gets a new cookie.
+* ANSWERED_PATH on the socket says how many requests nginx asked about (tests, bench/client.py).
 
 Tokens (for tools: VS Code, a local JupyterLab, scripts) are checked here too:
 * A token comes in `Authorization: token …` (or `Bearer …`), or, when the
