@@ -764,3 +764,18 @@ def test_the_session_check_costs_less_than_asking_the_verifier(site):
     print(f"\n/api/status keep-alive median: session cookie {session:.3f} ms, Basic through the verifier "
           f"{verifier:.3f} ms")
     assert session < verifier
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl (HTTP/2)")
+def test_a_request_body_passes_both_ways_over_http2(site, tmp_path):
+    """A browser's HTTP/2 PUT of 3 MB: through the verifier (Basic, no cookie: nginx's internal redirect to the
+    named location keeps the body) and with only the cookie."""
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"type": "file", "format": "text", "content": "x" * 3_000_000}))
+    for name, login in (("basic", ["-u", f"{site['cfg'].user}:{PASSWORD}", "-H", "Cookie: _xsrf=t"]),
+                        ("cookie", ["-H", f"Cookie: _xsrf=t; {layout.SESSION_COOKIE}={_login(site)}"])):
+        r = subprocess.run(["curl", "-s", "--http2", "--cacert", site["ca"], "-o", "/dev/null", "-w",
+                            "%{http_version} %{http_code}", "-X", "PUT", "-H", "X-XSRFToken: t", *login, "--data-binary", f"@{body}", f"{site['url']}/api/contents/h2-{name}.txt"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout == "2 201", (name, r.stdout, r.stderr)
+        assert (site["base"] / "notebooks" / f"h2-{name}.txt").stat().st_size == 3_000_000
