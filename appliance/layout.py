@@ -18,6 +18,9 @@ HTPASSWD = f"{ETC}/htpasswd"
 TOKENS = f"{ETC}/tokens.json"               # SHA-256 of each API token, with name and expiry (SECRET_MODE);
                                             # written by `provision.py token` only, re-read by the verifier
 TOKEN_HEADER = "X-Appliance-Token"          # nginx -> Jupyter: the name of the token that let a request in
+SESSION_KEY = f"{ETC}/session.key"          # the session cookies' HMAC key: 32 random bytes made on the server by
+                                            # the web role (SECRET_MODE); nginx's workers and the verifier read it
+SESSION_COOKIE = "__Host-appliance-session"  # issued by the verifier after a password login, checked by nginx
 IDENTITY_PROVIDER = "appliance_identity.ApplianceIdentityProvider"  # images/base/appliance_identity.py
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
 
@@ -51,6 +54,7 @@ NGINX_ACCESS_LOG = "/var/log/nginx/access.log"            # the site's, without 
 LIB = "/usr/local/lib/appliance"            # code the server runs
 LIB_MODE = "0755"
 AUTHD = f"{LIB}/authd.py"                   # the login verifier (appliance/server/authd.py)
+SESSION_JS = f"{LIB}/session.js"            # nginx's session cookie check (appliance/server/session.js, njs)
 AUTH_SERVICE = "appliance-auth"             # its systemd units
 AUTH_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.service"
 AUTH_SOCKET_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.socket"
@@ -142,6 +146,8 @@ def role_vars(user):
         "web_nginx_default_site": NGINX_DEFAULT_SITE,
         "web_nginx_service": NGINX,
         "web_auth_service": AUTH_SERVICE,
+        "web_session_key": SESSION_KEY,
+        "web_session_key_mode": SECRET_MODE,
         "web_tls_cert": TLS_CERT,
         "web_tls_key": TLS_KEY,
         "web_tls_key_mode": TLS_KEY_MODE,

@@ -34,6 +34,7 @@ GOALS = {  # figure: (direction, goal ratio appliance/direct)
     "P1 /api/contents p50, keep-alive": ("max", 1.5), "P1 /api/contents p99, keep-alive": ("max", 1.5),
     "P1 /api/status req/s, 20 clients": ("min", 0.7), "P1 /api/contents req/s, 20 clients": ("min", 0.7),
     "P1 /api/status p50, 20 clients": ("max", 1.5), "P1 /api/contents p50, 20 clients": ("max", 1.5),
+    "P1 /api/status req/s, 50 clients": ("min", 0.7), "P1 /api/status p50, 50 clients": ("max", 1.5),
     "P2 kernel execute round trip p50": ("max", 1.1),
     "P3 JupyterLab cold load to launcher": ("max", 1.3),
     "P4 1 MiB-chunk upload MB/s": ("min", 0.8),
@@ -65,7 +66,8 @@ def rebuild_figures(ca_bundle):
 
 def in_droplet(container, mode, password, upload_mb):
     r = container.exec_run(["python3", "/root/bench_client.py", mode, "--socket", layout.JUPYTER_SOCKET,
-                            "--ca", layout.CA_CERT, "--upload-mb", str(upload_mb)],
+                            "--ca", layout.CA_CERT, "--auth-service", layout.AUTH_SERVICE,
+                            "--auth-socket", layout.AUTH_SOCKET, "--upload-mb", str(upload_mb)],
                            environment={"APPLIANCE_PASSWORD": password})  # in the API body, not on a command line
     if r.exit_code != 0:
         raise SystemExit(f"bench client ({mode}) failed: {r.output.decode()[-2000:]}")
@@ -143,9 +145,31 @@ def figures(d, a):
                      "req/s"))
         rows.append((f"P1 {path} p50, 20 clients", d[f"{key}_20_clients"]["p50_ms"],
                      a[f"{key}_20_clients"]["p50_ms"], "ms"))
+    rows.append(("P1 /api/status req/s, 50 clients", d["status_50_clients"]["rps"], a["status_50_clients"]["rps"],
+                 "req/s"))
+    rows.append(("P1 /api/status p50, 50 clients", d["status_50_clients"]["p50_ms"], a["status_50_clients"]["p50_ms"],
+                 "ms"))
     rows.append(("P2 kernel execute round trip p50", d["kernel_roundtrip"]["p50_ms"], a["kernel_roundtrip"]["p50_ms"],
                  "ms"))
     rows.append(("P4 1 MiB-chunk upload MB/s", d["upload"]["mb_per_s"], a["upload"]["mb_per_s"], "MB/s"))
+    return rows
+
+
+def load_figures(a):
+    """(name, value, goal) rows: what the login costs the verifier and nginx under load (client.py's
+    throughput runs of the appliance; a browser-like client keeps its session cookie)."""
+    rows = []
+    for key, what in (("status_20_clients", "/api/status, 20 clients"),
+                      ("contents_20_clients", "/api/contents, 20 clients"),
+                      ("status_50_clients", "/api/status, 50 clients"),
+                      ("no_login_50_clients", "no login (401), 50 clients")):
+        run = a.get(key, {})
+        if "verifier_cpu_us_per_request" in run:
+            rows.append((f"P8 verifier CPU per request, {what}",
+                         f"{run['verifier_cpu_us_per_request']} µs (asked {run.get('verifier_asked_per_request')} "
+                         f"times per request; nginx {run.get('nginx_cpu_us_per_request')} µs)", ""))
+    if "no_login_50_clients" in a:
+        rows.append(("P8 no-login requests answered, 50 clients", f"{a['no_login_50_clients']['rps']} req/s", ""))
     return rows
 
 
@@ -246,6 +270,7 @@ def main():
     direct = in_droplet(container, "direct", password, args.upload_mb)
     appliance = in_droplet(container, "appliance", password, args.upload_mb)
     rows = figures(direct, appliance)
+    extra += load_figures(appliance)
     load_direct, load_appliance = browser_figures(state, password)
     rows.append(("P3 JupyterLab cold load to launcher", load_direct["ms"], load_appliance["ms"], "ms"))
     rows.append(("P3 requests during that load", load_direct["requests"], load_appliance["requests"], ""))

@@ -69,12 +69,13 @@ def acme_site(domain, flags=None):
     for d in (webroot, webroot / ".well-known", webroot / ".well-known/acme-challenge"):
         os.chmod(d, 0o755)
     site = out / layout.NGINX_SITE.lstrip("/")
-    site.write_text(site.read_text().replace(layout.ETC, f"{out}{layout.ETC}")
+    site.write_text(site.read_text().replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.LIB, f"{out}{layout.LIB}")
                     .replace(layout.ACME_WEBROOT, str(webroot)).replace(layout.NGINX_ACCESS_LOG, f"{base}/access.log")
                     .replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
                     .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth"))
     conf = base / "nginx.conf"
     conf.write_text(f"user www-data;\nworker_processes 1;\npid {base}/nginx.pid;\nerror_log {base}/error.log;\n"
+                    "include /etc/nginx/modules-enabled/*.conf;\n"  # as Debian's nginx.conf: njs (session.js)
                     f"events {{ worker_connections 64; }}\nhttp {{\n    include /etc/nginx/mime.types;\n"
                     f"    access_log {base}/access.log;\n    client_body_temp_path {base}/body;\n"
                     f"    proxy_temp_path {base}/proxy;\n    include {site};\n}}\n")

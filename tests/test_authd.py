@@ -6,12 +6,14 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
 
 import bcrypt
 import pytest
 from passlib.apache import HtpasswdFile
 from passlib.context import CryptContext
 
+from appliance import layout
 from appliance.server import authd
 
 
@@ -242,3 +244,78 @@ def test_strip_token():
     assert authd.strip_token("/a?%74oken=abc&token=d&tokens=e") == "/a?tokens=e"  # an encoded name too
     assert authd.strip_token("/a?x=token%3Dabc") == "/a?x=token%3Dabc"
     assert authd.strip_token("/a%3Ftoken=1") == "/a%3Ftoken=1"
+
+
+# Session cookies --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def sessions(tokens, tmp_path):
+    v, calls, _ = tokens
+    key = tmp_path / "session.key"
+    key.write_bytes(os.urandom(authd.SESSION_KEY_BYTES))
+    v.session_key_path, v.wall = str(key), lambda: 1_000_000.0
+    return v, key, tmp_path / "htpasswd"
+
+
+def _cookie_value(set_cookie):
+    name, _, rest = set_cookie.partition("=")
+    assert name == authd.SESSION_COOKIE
+    return rest.split(";")[0]
+
+
+def test_a_password_login_gets_a_session_cookie(sessions):
+    v, key, htpasswd = sessions
+    status, name, set_cookie = v.login(header("ds", "right password"), "10.2.0.1")
+    assert (status, name) == (204, None)
+    expiry, user, mac = _cookie_value(set_cookie).split(".")
+    assert (int(expiry), user) == (1_000_000 + authd.SESSION_SECONDS, "ZHM")  # base64url of "ds"
+    assert mac == authd.session_mac(key.read_bytes(), hashlib.sha256(htpasswd.read_bytes()).digest(),
+                                    f"{expiry}.{user}")
+    assert set_cookie.split("; ")[1:] == [f"Max-Age={authd.SESSION_SECONDS}", "Path=/", "Secure", "HttpOnly",
+                                          "SameSite=Strict"]
+    assert v.login(header("ds", "right password"), "10.2.0.1")[2]  # a remembered login gets one too
+
+
+def test_no_cookie_but_for_a_password_let_in(sessions):
+    v, _, _ = sessions
+    assert v.login(header("ds", "wrong"), "10.2.1.1") == (401, None, None)
+    assert v.login("", "10.2.1.1") == (401, None, None)
+    assert v.login("token good-token", "10.2.1.1") == (204, "laptop", None)
+    assert v.login("", "10.2.1.1", "/lab?token=good-token") == (204, "laptop", None)
+    for i in range(authd.FAIL_LIMIT):
+        v.login(header("ds", f"guess {i}"), "10.2.1.2")
+    assert v.login(header("ds", "right password"), "10.2.1.2") == (403, None, None)  # throttled
+
+
+def test_no_cookie_without_a_key_of_full_length(sessions):
+    v, key, _ = sessions
+    key.write_bytes(os.urandom(authd.SESSION_KEY_BYTES - 1))
+    assert v.login(header("ds", "right password"), "10.2.2.1") == (204, None, None)
+    key.unlink()
+    assert v.login(header("ds", "right password"), "10.2.2.1") == (204, None, None)
+    v.session_key_path = None  # --session-key not given
+    assert v.login(header("ds", "right password"), "10.2.2.1") == (204, None, None)
+
+
+def test_a_password_change_during_a_check_issues_no_cookie(sessions, monkeypatch, tmp_path):
+    v, _, htpasswd = sessions
+    gate = Gate(monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        old = pool.submit(v.login, header("ds", "right password"), "10.2.3.1")
+        _wait_for(lambda: gate.running == 1, "the check")
+        (tmp_path / "new").write_bytes(htpasswd.read_bytes() + b"\n")
+        os.replace(tmp_path / "new", htpasswd)
+        gate.open.set()
+        assert old.result(timeout=30) == (401, None, None)
+    status, _, set_cookie = v.login(header("ds", "right password"), "10.2.3.1")
+    expiry, user, mac = _cookie_value(set_cookie).split(".")  # the new file's MAC
+    assert mac == authd.session_mac(Path(v.session_key_path).read_bytes(), hashlib.sha256(htpasswd.read_bytes())
+                                    .digest(), f"{expiry}.{user}")
+
+
+def test_the_names_nginx_and_the_verifier_share():
+    js = (Path(authd.__file__).parent / "session.js").read_text()
+    assert f"const KEY_BYTES = {authd.SESSION_KEY_BYTES};" in js
+    assert authd.SESSION_COOKIE == layout.SESSION_COOKIE
+    site = (Path(authd.__file__).parents[2] / "templates/nginx-site.conf.j2").read_text()
+    assert f"$upstream_http_{authd.SESSION_HEADER.lower().replace('-', '_')};" in site

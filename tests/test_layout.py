@@ -182,8 +182,10 @@ def _templated(expression, variables):
     return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(expression))
 
 
-@pytest.mark.parametrize("tls, packages", [("private", ["nginx", "python3-bcrypt"]),
-                                           ("acme", ["nginx", "python3-bcrypt", "certbot"])])
+WEB_PACKAGES = ["nginx", "libnginx-mod-http-js", "python3-bcrypt"]  # njs: the session cookie's check
+
+
+@pytest.mark.parametrize("tls, packages", [("private", WEB_PACKAGES), ("acme", WEB_PACKAGES + ["certbot"])])
 def test_certbot_comes_only_with_acme(tls, packages):
     tasks = yaml.safe_load((ROOT / "ansible/roles/web/tasks/main.yml").read_text())
     apt = next(t["ansible.builtin.apt"] for t in tasks if "ansible.builtin.apt" in t)
@@ -200,3 +202,25 @@ def test_obtain_is_changed_only_when_nginx_got_another_certificate(registered, c
     tasks = yaml.safe_load((ROOT / "ansible/roles/web/tasks/acme.yml").read_text())
     task = next(t for t in tasks if "obtain" in str(t.get("ansible.builtin.command", "")))
     assert _templated("{{ " + task["changed_when"] + " }}", {"web_acme_obtained": registered}) is changed
+
+
+def test_the_web_role_makes_the_session_key_once_and_privately(tmp_path):
+    """The role's own script (templated by Ansible) run here: 32 random bytes, root:www-data 0640 from the
+    start (umask, then a rename), and Ansible runs it only while there is no key (`creates`)."""
+    tasks = yaml.safe_load((ROOT / "ansible/roles/web/tasks/main.yml").read_text())
+    task = next(t for t in tasks if "session" in t["name"] and "ansible.builtin.shell" in t)
+    assert task["args"] == {"creates": "{{ web_session_key }}"}
+    roles = layout.role_vars("ds")
+    assert (roles["web_session_key"], roles["web_session_key_mode"]) == (layout.SESSION_KEY, layout.SECRET_MODE)
+    key = tmp_path / "session key"  # a space: the script quotes it
+    script = _templated(task["ansible.builtin.shell"], {**roles, "web_session_key": str(key)})
+    keys = set()
+    for _ in range(2):
+        subprocess.run(["sh", "-c", script], check=True)
+        stat = key.stat()
+        assert (stat.st_size, oct(stat.st_mode & 0o777), key.group()) == (32, "0o640", layout.WEB_GROUP)
+        keys.add(key.read_bytes())
+    assert len(keys) == 2 and list(tmp_path.iterdir()) == [key]  # random; no temporary file left
+    keeper = next(t for t in tasks if "ansible.builtin.file" in t and "session" in t["name"])
+    assert keeper["ansible.builtin.file"] == {"path": "{{ web_session_key }}", "owner": "root",
+                                              "group": "{{ web_group }}", "mode": "{{ web_session_key_mode }}"}

@@ -57,7 +57,8 @@ def _listening(port):
 
 def _rebase(text, out, base):
     """A rendered file's server paths moved under out (files) and base (sockets)."""
-    return (text.replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
+    return (text.replace(layout.ETC, f"{out}{layout.ETC}").replace(layout.LIB, f"{out}{layout.LIB}")
+            .replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
             .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth")
             .replace(layout.NGINX_ACCESS_LOG, f"{base}/access.log"))
 
@@ -69,6 +70,7 @@ def _nginx_conf(base, out):
 worker_processes 1;
 pid {base}/nginx.pid;
 error_log {base}/error.log;
+include /etc/nginx/modules-enabled/*.conf;
 events {{ worker_connections 256; }}
 http {{
     include /etc/nginx/mime.types;
@@ -101,6 +103,10 @@ def site():
             os.chmod(out / parent, 0o755)
         if item.path in (layout.NGINX_SITE, layout.JUPYTER_CONFIG):
             path.write_text(_rebase(path.read_text(), out, base))
+    session_key = out / layout.SESSION_KEY.lstrip("/")  # made on the server by the web role, as it does
+    session_key.write_bytes(os.urandom(32))
+    shutil.chown(session_key, "root", layout.WEB_GROUP)
+    os.chmod(session_key, int(layout.SECRET_MODE, 8))
     run = base / "run"
     run.mkdir()
     shutil.chown(run, "root", "www-data")
@@ -111,7 +117,7 @@ def site():
     authd = subprocess.Popen(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
                               "/usr/bin/python3", f"{out}{layout.AUTHD}",
                               f"--htpasswd={out}{layout.HTPASSWD}", f"--tokens={out}{layout.TOKENS}",
-                              f"--socket={base}/auth/auth.sock"])
+                              f"--session-key={session_key}", f"--socket={base}/auth/auth.sock"])
     notebooks = base / "notebooks"
     notebooks.mkdir()
     jupyter_log = open(base / "jupyter.log", "w")
@@ -527,3 +533,249 @@ def test_jupyterlab_services_from_node(site, token):
     revoked = tokens.create(site["cfg"], name="node-revoked", say=quiet, server=site["tokens"])
     tokens.revoke(site["cfg"], "node-revoked", say=quiet, server=site["tokens"])
     assert token_clients.services(site["url"], revoked, site["ca"], check="status") == {"status": 401}
+
+
+# Session cookies (issue 19) ---------------------------------------------------------------------------------
+
+def _answered(site):
+    """How many requests nginx has asked the verifier about (its socket, as root)."""
+    conn = http.client.HTTPConnection("localhost")
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.connect(str(site["base"] / "auth/auth.sock"))
+    try:
+        conn.request("GET", authd.ANSWERED_PATH)
+        return json.loads(conn.getresponse().read())["answered"]
+    finally:
+        conn.close()
+
+
+def _request(site, path="/api/status", method="GET", cookie=None, password=None, authorization=None, body=None,
+             source="127.0.0.1"):
+    """(status, headers, body) of one request with exactly the login given: a session cookie's value, a Basic
+    password, or an Authorization header of any kind."""
+    ctx = ssl.create_default_context(cafile=site["ca"])
+    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=30)
+    headers = {"Cookie": "_xsrf=t", "X-XSRFToken": "t"}
+    if cookie is not None:
+        headers["Cookie"] += f"; {layout.SESSION_COOKIE}={cookie}"
+    if password is not None:
+        authorization = "Basic " + base64.b64encode(f"{site['cfg'].user}:{password}".encode()).decode()
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.msg, r.read()
+    finally:
+        conn.close()
+
+
+def _session_cookies(headers):
+    return [c for c in headers.get_all("Set-Cookie") or [] if c.startswith(f"{layout.SESSION_COOKIE}=")]
+
+
+def _cookie(site, user=None, expires_in=600, key=None, htpasswd=None):
+    """A session cookie's value made as the verifier makes them (by default valid: the site's key and htpasswd)."""
+    key = key or (site["out"] / layout.SESSION_KEY.lstrip("/")).read_bytes()
+    htpasswd = htpasswd or (site["out"] / layout.HTPASSWD.lstrip("/")).read_bytes()
+    user = base64.urlsafe_b64encode((user or site["cfg"].user).encode()).rstrip(b"=").decode()
+    payload = f"{int(time.time()) + expires_in}.{user}"
+    return f"{payload}.{authd.session_mac(key, hashlib.sha256(htpasswd).digest(), payload)}"
+
+
+def _login(site, password=PASSWORD):
+    """The session cookie's value that a password login gets."""
+    status, headers, _ = _request(site, password=password)
+    assert status == 200
+    (cookie,) = _session_cookies(headers)
+    return cookie.split(";")[0].split("=", 1)[1]
+
+
+def test_a_password_login_gets_a_session_cookie_and_nothing_else_does(site, token):
+    status, headers, _ = _request(site, password=PASSWORD)
+    (cookie,) = _session_cookies(headers)
+    value, *attributes = [a.strip() for a in cookie.split(";")]
+    assert status == 200 and sorted(attributes) == sorted(
+        [f"Max-Age={authd.SESSION_SECONDS}", "Path=/", "Secure", "HttpOnly", "SameSite=Strict"])
+    expiry, user, _ = value.split("=", 1)[1].split(".")
+    assert abs(int(expiry) - time.time() - authd.SESSION_SECONDS) < 60
+    assert base64.urlsafe_b64decode(user + "==").decode() == site["cfg"].user
+    assert headers.get_all("Strict-Transport-Security") == ["max-age=63072000"]  # the security headers still
+    for what, answer in {"no login": _request(site), "a wrong password": _request(site, password="wrong"),
+                         "a token": _request(site, authorization=f"token {token}"),
+                         "a token in the query": _request(site, f"/api/status?token={token}")}.items():
+        assert not _session_cookies(answer[1]), what
+        assert answer[0] == (200 if "token" in what else 401), what
+
+
+def test_a_session_cookie_alone_is_let_in_without_asking_the_verifier(site):
+    cookie = _login(site)
+    before = _answered(site)
+    assert {_request(site, cookie=cookie)[0] for _ in range(20)} == {200}
+    status, _, body = _request(site, "/api/me", cookie=cookie)
+    assert status == 200 and json.loads(body)["identity"]["name"] == site["cfg"].user  # a password login
+    kernel = _request(site, "/api/kernels", "POST", cookie=cookie, body=json.dumps({"name": "python3"}))
+    assert kernel[0] == 201  # a request body passes too
+    kernel_id = json.loads(kernel[2])["id"]
+    assert _request(site, f"/api/kernels/{kernel_id}", "DELETE", cookie=cookie)[0] == 204
+    assert _request(site, "/static/favicons/favicon.ico", cookie=cookie)[0] in (200, 404)  # the assets' location
+    assert _answered(site) == before
+    # and the same cookie can claim no token: a client's trusted header is dropped, XSRF is asked
+    ctx = ssl.create_default_context(cafile=site["ca"])
+    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, timeout=30)
+    conn.request("POST", "/api/kernels", body="{}", headers={"Cookie": f"{layout.SESSION_COOKIE}={cookie}",
+                                                            layout.TOKEN_HEADER: "harness"})
+    assert conn.getresponse().status == 403
+    conn.close()
+
+
+def test_a_cookie_that_is_not_valid_is_no_login(site):
+    valid = _cookie(site)
+    assert _request(site, cookie=valid)[0] == 200  # the test's cookies are made as the verifier makes them
+    expiry, user, mac = valid.split(".")
+    other_user = base64.urlsafe_b64encode(b"eve").rstrip(b"=").decode()
+    bad = {"forged": f"{expiry}.{user}.{'A' * len(mac)}",
+           "expired": _cookie(site, expires_in=-1),
+           "expiry changed": f"{int(expiry) + 3600}.{user}.{mac}",
+           "user changed": f"{expiry}.{other_user}.{mac}",
+           "another key": _cookie(site, key=os.urandom(32)),
+           "another htpasswd": _cookie(site, htpasswd=b"ds:$2y$12$" + b"x" * 53 + b"\n"),
+           "MAC cut short": f"{expiry}.{user}.{mac[:-1]}",
+           "a part more": f"{valid}.x", "empty": ""}
+    before = _answered(site)
+    for what, cookie in bad.items():
+        status, headers, _ = _request(site, cookie=cookie)
+        assert status == 401, what
+        assert headers["WWW-Authenticate"] == 'Basic realm="Jupyter", charset="UTF-8"', what
+    assert _answered(site) == before  # no credentials at all: nginx's own 401
+    for what, cookie in bad.items():  # with the password, the verifier lets in and issues a new cookie
+        status, headers, _ = _request(site, cookie=cookie, password=PASSWORD)
+        assert status == 200 and _session_cookies(headers), what
+    assert _answered(site) == before + len(bad)
+
+
+def test_a_new_htpasswd_ends_every_session_at_once(site):
+    cookie = _login(site)
+    assert _request(site, cookie=cookie)[0] == 200
+    htpasswd = site["out"] / layout.HTPASSWD.lstrip("/")
+    old = htpasswd.read_bytes()
+    try:
+        subprocess.run(["htpasswd", "-b", "-B", "-C", "10", str(htpasswd), site["cfg"].user, "a new password"],
+                       check=True, capture_output=True)
+        assert _request(site, cookie=cookie)[0] == 401  # the next request, no reload of anything
+        assert _request(site, cookie=cookie, password=PASSWORD)[0] == 401
+        fresh = _login(site, "a new password")
+        assert _request(site, cookie=fresh)[0] == 200
+        htpasswd.write_bytes(old + b"\n")  # any change of the file, even one that changes no password
+        assert _request(site, cookie=fresh)[0] == 401
+    finally:
+        htpasswd.write_bytes(old)
+
+
+def test_without_the_key_there_is_no_session_and_the_login_still_works(site):
+    key = site["out"] / layout.SESSION_KEY.lstrip("/")
+    cookie, saved = _login(site), key.read_bytes()
+    key.unlink()
+    try:
+        assert _request(site, cookie=cookie)[0] == 401
+        status, headers, _ = _request(site, cookie=cookie, password=PASSWORD)
+        assert status == 200 and not _session_cookies(headers)  # every request asks the verifier, as before
+        key.write_bytes(saved[:16])  # too short to be a key: refused both ways
+        assert _request(site, cookie=_cookie(site))[0] == 401
+        assert not _session_cookies(_request(site, password=PASSWORD)[1])
+    finally:
+        key.write_bytes(saved)
+    assert _request(site, cookie=cookie)[0] == 200
+
+
+def test_a_token_never_takes_the_session_path(site, token):
+    cookie = _login(site)
+    before = _answered(site)
+    for path in (f"/api/status?token={token}", f"/api/status?x=1&%74oken={token}", f"/api/status?token={token}&",
+                 f"/api/status?to%6Ben={token}"):
+        assert _request(site, path, cookie=cookie)[0] == 200, path
+    assert _request(site, "/api/status?token", cookie=cookie, source="127.0.0.40")[0] == 401  # an empty token
+    assert _answered(site) == before + 5  # each one asked the verifier
+    status, _, body = _request(site, "/api/me", cookie=cookie, authorization=f"token {token}")
+    assert status == 200 and json.loads(body)["identity"]["name"].endswith("(token harness)")
+    assert _request(site, cookie=cookie, authorization="token not-a-token", source="127.0.0.40")[0] == 401
+    assert _request(site, cookie=cookie, authorization="Bearer not-a-token", source="127.0.0.40")[0] == 401
+    assert _request(site, "/api/status?token=not-a-token", cookie=cookie, source="127.0.0.40")[0] == 401
+    assert _request(site, "/api/contents/session-marker?%74oken=" + token, cookie=cookie)[0] == 404  # Jupyter's
+    _wait(lambda: "/api/contents/session-marker" in site["jupyter_log"].read_text(), "Jupyter's log line")
+    assert token not in site["jupyter_log"].read_text()
+
+
+def test_a_kernel_runs_over_a_websocket_with_only_the_cookie(site):
+    cookie = _login(site)
+    before = _answered(site)
+    status, _, body = _request(site, "/api/kernels", "POST", cookie=cookie, body=json.dumps({"name": "python3"}))
+    assert status == 201
+    kernel_id = json.loads(body)["id"]
+    ws = websocket.create_connection(f"wss://127.0.0.1:{HTTPS}/api/kernels/{kernel_id}/channels",
+                                     cookie=f"{layout.SESSION_COOKIE}={cookie}", origin=site["url"],
+                                     sslopt={"ca_certs": site["ca"], "cert_reqs": ssl.CERT_REQUIRED}, timeout=60)
+    try:
+        assert jupyter_api.run(ws, "6*7") == "42"
+    finally:
+        ws.close()
+    assert _request(site, f"/api/kernels/{kernel_id}", "DELETE", cookie=cookie)[0] == 204
+    assert _answered(site) == before
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:  # and not without it
+        websocket.create_connection(f"wss://127.0.0.1:{HTTPS}/api/kernels/{kernel_id}/channels", origin=site["url"],
+                                    sslopt={"ca_certs": site["ca"], "cert_reqs": ssl.CERT_REQUIRED}, timeout=60)
+    assert refused.value.status_code == 401
+
+
+def test_no_login_at_all_is_answered_by_nginx(site):
+    verifier = _request(site, password="a wrong password", source="127.0.0.41")  # the verifier's 401
+    before = _answered(site)
+    answers = [_request(site, path) for path in ("/api/status", "/lab", "/static/x.js", "/api/kernels?x=1")]
+    assert _answered(site) == before
+    for status, headers, _ in answers:
+        assert status == 401
+        assert headers.get_all("WWW-Authenticate") == verifier[1].get_all("WWW-Authenticate")
+    with ThreadPoolExecutor(50) as pool:  # a flood costs the verifier nothing
+        assert set(pool.map(lambda _: _request(site)[0], range(200))) == {401}
+    assert _answered(site) == before
+
+
+def test_the_session_check_costs_less_than_asking_the_verifier(site):
+    """Keep-alive GETs of /api/status with the cookie (no subrequest) against the same with Basic only (the
+    verifier asked, its answer remembered): the median per request, printed."""
+    cookie = _login(site)
+    ctx = ssl.create_default_context(cafile=site["ca"])
+    basic = "Basic " + base64.b64encode(f"{site['cfg'].user}:{PASSWORD}".encode()).decode()
+
+    def median_ms(headers, count=300):
+        conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, timeout=30)
+        samples = []
+        for _ in range(count + 20):
+            started = time.perf_counter()
+            conn.request("GET", "/api/status", headers=headers)
+            r = conn.getresponse()
+            r.read()
+            assert r.status == 200
+            samples.append(time.perf_counter() - started)
+        conn.close()
+        return sorted(samples[20:])[count // 2] * 1000
+
+    session, verifier = median_ms({"Cookie": f"{layout.SESSION_COOKIE}={cookie}"}), median_ms({"Authorization": basic})
+    print(f"\n/api/status keep-alive median: session cookie {session:.3f} ms, Basic through the verifier "
+          f"{verifier:.3f} ms")
+    assert session < verifier
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="needs curl (HTTP/2)")
+def test_a_request_body_passes_both_ways_over_http2(site, tmp_path):
+    """A browser's HTTP/2 PUT of 3 MB: through the verifier (Basic, no cookie: nginx's internal redirect to the
+    named location keeps the body) and with only the cookie."""
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"type": "file", "format": "text", "content": "x" * 3_000_000}))
+    for name, login in (("basic", ["-u", f"{site['cfg'].user}:{PASSWORD}", "-H", "Cookie: _xsrf=t"]),
+                        ("cookie", ["-H", f"Cookie: _xsrf=t; {layout.SESSION_COOKIE}={_login(site)}"])):
+        r = subprocess.run(["curl", "-s", "--http2", "--cacert", site["ca"], "-o", "/dev/null", "-w",
+                            "%{http_version} %{http_code}", "-X", "PUT", "-H", "X-XSRFToken: t", *login, "--data-binary", f"@{body}", f"{site['url']}/api/contents/h2-{name}.txt"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.stdout == "2 201", (name, r.stdout, r.stderr)
+        assert (site["base"] / "notebooks" / f"h2-{name}.txt").stat().st_size == 3_000_000

@@ -1,4 +1,4 @@
-"""The login verifier nginx asks on every request (`auth_request`).
+"""The login verifier nginx asks (`auth_request`) about every request without a valid session cookie.
 
 nginx's own `auth_basic` runs bcrypt on every request inside its event loop
 (~230 ms at cost 12): JupyterLab's 68-request page load took 17 s. This
@@ -24,6 +24,22 @@ at start, never the password -- so later requests cost a dictionary lookup.
   queue up to BCRYPT_WAIT seconds, then get 403 (429) uncounted. Remembered
   logins never queue. The failure table forgets expired entries and holds at
   most MAX_ADDRESSES addresses.
+
+Session cookies (so that most requests never reach this verifier):
+* When a Basic login is let in (checked with bcrypt or remembered), the answer carries SESSION_HEADER: a
+  Set-Cookie value for SESSION_COOKIE, which nginx passes to the browser (`Secure; HttpOnly;
+  SameSite=Strict; Path=/`, Max-Age SESSION_SECONDS). Never for a token, a 401 or a 403.
+* The value is "expiry.user.mac": expiry in epoch seconds, the user in base64url, and mac = HMAC-SHA256 of
+  "expiry.user" under HMAC-SHA256(session key, SHA-256 of the htpasswd file that let the login in),
+  base64url. nginx checks it itself (session.js, njs, reading both files on every check): a valid cookie
+  is proxied with no question to this verifier, so a new htpasswd ends every session at once with no
+  reload. The session key (--session-key, SESSION_KEY_BYTES random bytes made on the server by the web
+  role) is re-read for every cookie issued; without it no cookie is issued and every request is asked here.
+* A request with no Authorization header, no token parameter and no valid cookie is answered 401 by nginx
+  itself (the same WWW-Authenticate as here): such floods cost this verifier nothing.
+* The cookie is short-lived on purpose: the browser keeps sending its Basic login, so when the cookie has
+  expired that request comes here, is remembered (no bcrypt) and gets a new cookie.
+* ANSWERED_PATH on the socket says how many requests nginx asked about (tests, bench/client.py).
 
 Tokens (for tools: VS Code, a local JupyterLab, scripts) are checked here too:
 * A token comes in `Authorization: token …` (or `Bearer …`), or, when the
@@ -51,7 +67,7 @@ Tokens (for tools: VS Code, a local JupyterLab, scripts) are checked here too:
 
 Runs on the server with Python's standard library and bcrypt (Debian's
 python3-bcrypt), listening on a unix socket only.
-Usage: authd.py --htpasswd FILE [--tokens FILE] --socket PATH
+Usage: authd.py --htpasswd FILE [--tokens FILE] [--session-key FILE] --socket PATH
 """
 import argparse
 import base64
@@ -80,8 +96,13 @@ BCRYPT_SLOTS = os.cpu_count() or 1  # bcrypt checks running at once, from all cl
 BCRYPT_WAIT = 10         # seconds a check may wait for a slot
 MAX_AUTHORIZATION = 1024  # longer headers are not a login (bcrypt reads 72 bytes of a password)
 TOKEN_HEADER = "X-Appliance-Token"   # the name of the token that let a request in (nginx passes it on)
+SESSION_HEADER = "X-Appliance-Session"  # after a password login: the Set-Cookie value nginx passes to the browser
+SESSION_COOKIE = "__Host-appliance-session"  # the session cookie, checked by nginx itself (session.js)
+SESSION_SECONDS = 15 * 60            # a session cookie's lifetime; the browser's next Basic login gets a new one
+SESSION_KEY_BYTES = 32               # a shorter key file issues no cookie (session.js refuses it too)
 URI_HEADER = "X-Appliance-Uri"       # the URI nginx proxies: the original one without its token parameters
 LAST_USED_PATH = "/last-used"        # JSON {token name: epoch seconds}, for `provision.py token list`
+ANSWERED_PATH = "/answered"          # JSON {"answered": requests nginx asked about}, for the tests and bench
 _TOKEN_SCHEME = re.compile(r"(?i)(?:token|bearer)[ ]+(\S*)")
 
 
@@ -94,15 +115,18 @@ class _Check:
 
 
 class Verifier:
-    def __init__(self, htpasswd_path, clock=time.monotonic, tokens_path=None, wall=time.time):
+    def __init__(self, htpasswd_path, clock=time.monotonic, tokens_path=None, wall=time.time, session_key_path=None):
         self.path, self.clock = htpasswd_path, clock
+        self.session_key_path = session_key_path
         self.tokens_path, self.wall = tokens_path, wall
         self.tokens, self.tokens_stamp = {}, None  # SHA-256 of a token -> (name, expiry epoch or None)
         self.last_used = {}  # token name -> epoch seconds of its last accepted request
+        self.answered = 0    # requests nginx asked about since the start
         self.key = secrets.token_bytes(32)
         self.lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(BCRYPT_SLOTS)
         self.users, self.stamp, self.generation = {}, None, 0
+        self.passwords = b""   # SHA-256 of the htpasswd file's bytes: session cookies are valid for this file only
         self.remembered = {}   # HMAC of the Authorization header -> expiry
         self.failures = {}     # client address -> times of its wrong or in-flight checks, least recent first
         self.checking = {}     # HMAC -> _Check, so a burst of new requests costs one bcrypt
@@ -116,11 +140,12 @@ class Verifier:
             return
         users = {}
         with open(self.path, "rb") as f:
-            for line in f:
-                name, _, hashed = line.strip().partition(b":")
-                if name and hashed:
-                    users[name.decode()] = hashed
-        self.users, self.stamp = users, stamp
+            data = f.read()
+        for line in data.splitlines():
+            name, _, hashed = line.strip().partition(b":")
+            if name and hashed:
+                users[name.decode()] = hashed
+        self.users, self.stamp, self.passwords = users, stamp, hashlib.sha256(data).digest()
         self.generation += 1
         self.remembered.clear()
 
@@ -144,12 +169,20 @@ class Verifier:
         self.tokens, self.tokens_stamp = tokens, stamp
 
     def verify(self, authorization, client, uri=""):
-        """(status, token name or None) for one request: a token when the Authorization header has the
-        token (or Bearer) scheme or, with no Authorization header, when the URI has a token parameter;
-        otherwise the Basic login (`check`)."""
+        """(status, token name or None) for one request (`login` without the cookie)."""
+        return self.login(authorization, client, uri)[:2]
+
+    def login(self, authorization, client, uri=""):
+        """(status, token name or None, Set-Cookie value or None) for one request: a token when the
+        Authorization header has the token (or Bearer) scheme or, with no Authorization header, when the URI
+        has a token parameter; otherwise the Basic login (`check`), which gets a session cookie when let in."""
         token = _token(authorization, uri)
         if token is None:
-            return self.check(authorization, client), None
+            status, passwords = self._check(authorization, client)
+            return status, None, passwords and self.session_cookie(_parse(authorization)[0], passwords)
+        return (*self._token_login(token, client), None)
+
+    def _token_login(self, token, client):
         digest = hashlib.sha256(token.encode(errors="surrogateescape")).digest()
         now, wall = self.clock(), self.wall()
         with self.lock:
@@ -196,18 +229,22 @@ class Verifier:
 
     def check(self, authorization, client):
         """Returns 204 (let in), 401 (ask for a login) or 403 (too many wrong passwords, or too busy)."""
+        return self._check(authorization, client)[0]
+
+    def _check(self, authorization, client):
+        """(status, the SHA-256 of the htpasswd file the login was let in by, or None when not let in)."""
         credentials = _parse(authorization)
         if credentials is None:
-            return 401  # not a login: nothing to check, nothing counted
+            return 401, None  # not a login: nothing to check, nothing counted
         digest = hmac.new(self.key, authorization.encode(), hashlib.sha256).digest()
         now = self.clock()
         with self.lock:
             self._reload()
             self._prune(now)
             if len(self._recent(client, now)) >= FAIL_LIMIT:  # first: a throttled client learns nothing
-                return 403
+                return 403, None
             if self.remembered.get(digest, 0) > now:
-                return 204
+                return 204, self.passwords
             pending = self.checking.get(digest)
             if pending is None:
                 pending = self.checking[digest] = _Check()
@@ -221,22 +258,23 @@ class Verifier:
             with self.lock:
                 self._reload()
                 if self.remembered.get(digest, 0) > self.clock():
-                    return 204
-            return 401 if pending.status == 204 else pending.status
+                    return 204, self.passwords
+            return (401 if pending.status == 204 else pending.status), None
+        passwords = None
         try:
-            pending.status = self._verify(credentials, client, now, digest, generation, users)
+            pending.status, passwords = self._verify(credentials, client, now, digest, generation, users)
         finally:
             with self.lock:
                 self.checking.pop(digest, None)
             pending.done.set()
-        return pending.status
+        return pending.status, passwords
 
     def _verify(self, credentials, client, now, digest, generation, users):
         user, password = credentials
         if not self.slots.acquire(timeout=BCRYPT_WAIT):
             with self.lock:
                 self._uncount(client, now)  # nothing was checked
-            return 403
+            return 403, None
         try:
             ok = _password_ok(users.get(user), password, self.dummy)
         finally:
@@ -246,12 +284,37 @@ class Verifier:
             if ok:
                 self._uncount(client, now)
                 if generation != self.generation:
-                    return 401  # right for the file that has just been replaced
+                    return 401, None  # right for the file that has just been replaced
                 if len(self.remembered) >= MAX_REMEMBERED:
                     self.remembered.clear()
                 self.remembered[digest] = now + REMEMBER_SECONDS
-                return 204
-            return 403 if len(self._recent(client, now)) >= FAIL_LIMIT else 401
+                return 204, self.passwords
+            return (403 if len(self._recent(client, now)) >= FAIL_LIMIT else 401), None
+
+    def session_cookie(self, user, passwords):
+        """The Set-Cookie value of a new session for user, let in by the htpasswd file whose SHA-256 is
+        passwords; None without a session key (no cookie: every request asks the verifier, as before)."""
+        try:
+            with open(self.session_key_path, "rb") as f:
+                secret = f.read()
+        except (OSError, TypeError):
+            return None
+        if len(secret) < SESSION_KEY_BYTES:
+            return None
+        payload = f"{int(self.wall()) + SESSION_SECONDS}.{_b64(user.encode())}"
+        return (f"{SESSION_COOKIE}={payload}.{session_mac(secret, passwords, payload)}; Max-Age={SESSION_SECONDS}; "
+                "Path=/; Secure; HttpOnly; SameSite=Strict")
+
+
+def session_mac(secret, passwords, payload):
+    """The MAC of a session cookie's payload ("expiry.user"), as nginx's session.js computes it: HMAC-SHA256
+    under HMAC-SHA256(secret, SHA-256 of the htpasswd file), base64url without padding."""
+    key = hmac.new(secret, passwords, hashlib.sha256).digest()
+    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+
+
+def _b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def _parse(authorization):
@@ -304,17 +367,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     verifier = None
 
     def do_GET(self):
-        if self.path == LAST_USED_PATH:
+        if self.path in (LAST_USED_PATH, ANSWERED_PATH):
             with self.verifier.lock:
-                body = json.dumps(self.verifier.last_used).encode()
+                v = self.verifier
+                body = json.dumps(v.last_used if self.path == LAST_USED_PATH else {"answered": v.answered}).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
             return
+        with self.verifier.lock:
+            self.verifier.answered += 1
         uri = self.headers.get("X-Original-URI", "")
-        status, name = self.verifier.verify(self.headers.get("Authorization", ""), self.headers.get("X-Real-IP", ""),
-                                            uri)
+        status, name, cookie = self.verifier.login(self.headers.get("Authorization", ""),
+                                                   self.headers.get("X-Real-IP", ""), uri)
         self.send_response(status)
         if status == 401:
             self.send_header("WWW-Authenticate", 'Basic realm="Jupyter", charset="UTF-8"')
@@ -322,6 +388,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(URI_HEADER, strip_token(uri))
         if name:
             self.send_header(TOKEN_HEADER, name)
+        if cookie:
+            self.send_header(SESSION_HEADER, cookie)
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -341,9 +409,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--htpasswd", required=True)
     p.add_argument("--tokens", help="the token file (JSON; may not exist yet)")
+    p.add_argument("--session-key", help="the session cookies' key file (no cookies without it)")
     p.add_argument("--socket", required=True)
     args = p.parse_args(argv)
-    Handler.verifier = Verifier(args.htpasswd, tokens_path=args.tokens)
+    Handler.verifier = Verifier(args.htpasswd, tokens_path=args.tokens, session_key_path=args.session_key)
     Handler.verifier._reload()
     if os.environ.get("LISTEN_FDS") == "1":  # systemd socket activation: the socket outlives restarts
         server = Server(args.socket, Handler, bind_and_activate=False)
