@@ -62,10 +62,9 @@ def _module(task):
 class _Reader:
     """Walks every task of the roles and collects what each one manages, with the run's variables."""
 
-    def __init__(self, variables):
+    def __init__(self):
         self.env = NativeEnvironment(undefined=StrictUndefined)
         self.env.filters.update(quote=shlex.quote, dirname=os.path.dirname, basename=os.path.basename)
-        self.vars = variables
         self.watch = {k: set() for k in ("paths", "packages", "units", "users", "containers", "sysctl")}
 
     def value(self, expression, scope):
@@ -74,6 +73,7 @@ class _Reader:
         return expression
 
     def tasks(self, tasks, scope, where):
+        """where: the role's tasks directory (include_tasks names files there)."""
         for task in tasks or []:
             for part in ("block", "rescue", "always"):
                 if part in task:
@@ -92,14 +92,14 @@ class _Reader:
     def task(self, module, task, scope, where):
         args = task.get(module) if module else None
         arg = (lambda name: self.value((args or {}).get(name), scope)) if isinstance(args, dict) else None
-        name = f"{where}: {task.get('name', module)!r}"
+        name = f"role {where.parent.name}: {task.get('name', module)!r}"
         if module == "ansible.builtin.include_tasks":
             target = self.value(args if isinstance(args, str) else args.get("file"), scope)
             if target.endswith("/tasks/managed-files.yml"):
                 files = self.value(task["vars"]["managed_files"], scope)
                 self.watch["paths"].update(self.value(f["path"], scope) for f in files)
             else:
-                self.tasks(yaml.safe_load((Path(where.split(":")[0]) / target).read_text()), scope, where)
+                self.tasks(yaml.safe_load((where / target).read_text()), scope, where)
         elif module == "ansible.builtin.apt":
             names = arg("name")
             self.watch["packages"].update([names] if isinstance(names, str) else names)
@@ -140,12 +140,12 @@ class _Reader:
 
 def watch_list(variables):
     """{kind: sorted names} of everything the roles of server.yml and site.yml manage, for these variables."""
-    reader = _Reader(variables)
+    reader = _Reader()
     for role in _roles():
         tasks_dir = ANSIBLE / "roles" / role / "tasks"
         scope = {**_role_vars(role), **variables, "playbook_dir": str(ANSIBLE),
                  "base_account": {"home": f"~{variables.get('base_user', '')}"}}  # (registered by the user task)
-        reader.tasks(yaml.safe_load((tasks_dir / "main.yml").read_text()), scope, f"{tasks_dir}:{role}")
+        reader.tasks(yaml.safe_load((tasks_dir / "main.yml").read_text()), scope, tasks_dir)
     return {k: sorted(str(v) for v in values if v) for k, values in reader.watch.items()}
 
 
