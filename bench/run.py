@@ -5,10 +5,13 @@
 
 Needs a provisioned local droplet (`python3 provision.py up`) and its password
 in $APPLIANCE_PASSWORD (or the generated one in .appliance/local/password).
+Always: a no-op `up` (P5), the request figures (P1-P4), the load with wrk
+(bench/load.py: 50 clients for 60 s, three kinds of login, CPU per process: P8).
 --cold-up re-creates the droplet from scratch to time `up` (P5); --rebuild
 times a one-package rebuild (P7); --images rebuilds the images without cache
-(P6). Writes docs/benchmarks.md, the chart docs/benchmarks-latency.png and
-bench/results/latest.json.
+(P6); --delivery times the image's cold delivery over a shaped 20 and 100 Mbit/s
+link (bench/delivery.py: P9). Writes docs/benchmarks.md, the chart
+docs/benchmarks-latency.png and bench/results/latest.json.
 """
 import argparse
 import datetime
@@ -173,6 +176,37 @@ def load_figures(a):
     return rows
 
 
+def wrk_figures():
+    """(name, value, goal) rows of bench/load.py: 50 clients for 60 s with wrk, three kinds of login."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py")], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench/load.py failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
+    load = json.loads((ROOT / "bench" / "results" / "load.json").read_text())
+    rows = []
+    for key, what in (("remembered_login", "a browser's remembered login (Basic + session cookie)"),
+                      ("basic_only", "a script's Basic header, no cookie"), ("no_credentials", "no login (401)")):
+        f = load[key]
+        errors = sum(f["socket_errors"].values()) + (f["non_2xx_3xx"] if key != "no_credentials" else 0)
+        rows.append((f"P8 {load['clients']} clients × {load['seconds']} s (wrk), {what}",
+                     f"{f['rps']} req/s, p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms "
+                     f"({f['p99_ms'] / f['p50_ms']:.1f}× p50), {errors} errors; CPU s: verifier {f['cpu_s']['verifier']}"
+                     f" ({f['verifier_cpu_us_per_request']} µs/request), nginx {f['cpu_s']['nginx']}, "
+                     f"Jupyter {f['cpu_s']['jupyter']}", "0 errors, p99 ≤ 5× p50"))
+    return rows
+
+
+def delivery_figures():
+    """(name, value, goal) rows of bench/delivery.py: the image's cold delivery per link speed and method."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "delivery.py")], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench/delivery.py failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
+    found = json.loads((ROOT / "bench" / "results" / "delivery.json").read_text())
+    return [(f"P9 image delivery at {run['mbit']} Mbit/s, {run['method']}",
+             f"{run['delivery_s']} s ({run['sent_mb']} MB of a {found['tar_mb']} MB image; compressing "
+             f"{run['compress_s']} s)", "≤ 180 s at 20 Mbit/s" if run["mbit"] == 20 else "")
+            for run in found["runs"]]
+
+
 def verdict(name, ratio):
     if name not in GOALS:
         return ""
@@ -247,6 +281,7 @@ def main():
     p.add_argument("--cold-up", action="store_true", help="re-create the droplet to time a cold and a no-op up")
     p.add_argument("--images", action="store_true", help="rebuild the images without cache (P6)")
     p.add_argument("--rebuild", action="store_true", help="time a one-package rebuild and the bytes it sends (P7)")
+    p.add_argument("--delivery", action="store_true", help="time the image's delivery over a shaped link (P9)")
     p.add_argument("--upload-mb", type=int, default=1024)
     p.add_argument("--ca-bundle", default="/etc/ssl/certs/ca-certificates.crt")
     args = p.parse_args()
@@ -270,7 +305,7 @@ def main():
     direct = in_droplet(container, "direct", password, args.upload_mb)
     appliance = in_droplet(container, "appliance", password, args.upload_mb)
     rows = figures(direct, appliance)
-    extra += load_figures(appliance)
+    extra += load_figures(appliance) + wrk_figures()
     load_direct, load_appliance = browser_figures(state, password)
     rows.append(("P3 JupyterLab cold load to launcher", load_direct["ms"], load_appliance["ms"], "ms"))
     rows.append(("P3 requests during that load", load_direct["requests"], load_appliance["requests"], ""))
@@ -284,11 +319,15 @@ def main():
                   ("P6 scipy image, compressed", f"{img.get('scipy_compressed_mb', '?')} MB", ""),
                   ("P6 full build, no cache", f"{img['full_build_s']} s", ""),
                   ("P6 rebuild after adding one package", f"{img['one_package_rebuild_s']} s", "≤ 60 s")]
+    if args.delivery:
+        extra += delivery_figures()
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "latest.json").write_text(json.dumps({"direct": direct, "appliance": appliance, "rows": rows,
                                                      "extra": extra}, indent=1))
     chart(direct, appliance, ROOT / "docs" / "benchmarks-latency.png")
+    # without --images, at least the image's uncompressed size (Docker's own figure, nothing to build)
+    img = img or {"scipy_mb": round(docker.from_env().images.get("appliance/scipy:latest").attrs["Size"] / 1e6)}
     write_report(rows, extra, ROOT / "docs" / "benchmarks.md", img)
     print((ROOT / "docs" / "benchmarks.md").read_text())
 
