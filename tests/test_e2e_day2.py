@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from passlib.apache import HtpasswdFile
 
 import jupyter_api
+from appliance import layout
 from helpers import DROPLET, PASSWORD, ROOT, URL, in_droplet, provision, rewrite_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -170,6 +171,8 @@ def test_drill_rebuild_with_an_open_notebook_and_a_running_kernel(appliance):
 
 
 def test_drill_interrupted_up_then_up_completes(appliance):
+    # a file's mode changed by hand: the next `up` cannot take the no-op fast path and runs Ansible
+    in_droplet("chmod", "0644", layout.HTPASSWD)
     proc = subprocess.Popen([sys.executable, str(ROOT / "provision.py"), "up"],
                             env=appliance["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -192,6 +195,7 @@ def test_drill_interrupted_up_then_up_completes(appliance):
     r, seconds = provision("up", env=appliance["env"])
     assert r.returncode == 0, r.stdout[-3000:]
     appliance["timings"]["drill3_next_up_s"] = round(seconds, 1)
+    assert in_droplet("stat", "-c", "%a", layout.HTPASSWD).strip() == "640"
 
 
 def droplet_snapshot():
