@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance import droplet, layout  # noqa: E402
+from bench.saved import save  # noqa: E402
 
 CODE = """
 import json, time
@@ -53,10 +54,7 @@ def main():
     if r.returncode != 0:
         raise SystemExit(f"the benchmark failed (is `up --workers 2` done?): {r.stderr.strip()[-800:]}")
     figures = json.loads(r.stdout.strip().splitlines()[-1])
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cluster.json").write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
+    save("cluster", figures)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from appliance import bootstrap, droplet, engine, images  # noqa: E402
 from appliance.state import State  # noqa: E402
+from bench.saved import save  # noqa: E402
 
 METHODS = {  # name: (compress here, decompress there)
     "gzip-1": (["gzip", "-1", "-c"], "gzip -d -c"),  # what ship.py sends today (zlib level 1)
@@ -101,10 +102,7 @@ def main():
                 packed.unlink()
         finally:
             shape(interface, 0)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "delivery.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save("delivery", results)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance import bootstrap, droplet  # noqa: E402
+from bench.saved import save  # noqa: E402
 
 # CPU ticks (utime + stime) per kind of process in the droplet: the login verifier, nginx, Jupyter Server
 CPU = r"""
@@ -111,10 +112,7 @@ def main():
                                     private)
         results["no_credentials"] = run(url, args.clients, args.seconds, {},
                                         private)
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    save("load", results)
 
 
 if __name__ == "__main__":

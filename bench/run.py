@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance import bootstrap, layout  # noqa: E402
+from bench import saved  # noqa: E402
 
 GOALS = {  # figure: (direction, goal ratio appliance/direct)
     "P1 /api/status p50, keep-alive": ("max", 1.5), "P1 /api/status p99, keep-alive": ("max", 1.5),
@@ -176,12 +177,17 @@ def load_figures(a):
     return rows
 
 
+def bench(name):
+    """Run bench/NAME.py and read back the figures it saved."""
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py")], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bench/{name}.py failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
+    return saved.read(name)
+
+
 def wrk_figures():
     """(name, value, goal) rows of bench/load.py: 50 clients for 60 s with wrk, three kinds of login."""
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py")], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"bench/load.py failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
-    load = json.loads((ROOT / "bench" / "results" / "load.json").read_text())
+    load = bench("load")
     rows = []
     for key, what in (("remembered_login", "a browser's remembered login (Basic + session cookie)"),
                       ("basic_only", "a script's Basic header, no cookie"), ("no_credentials", "no login (401)")):
@@ -197,10 +203,7 @@ def wrk_figures():
 
 def delivery_figures():
     """(name, value, goal) rows of bench/delivery.py: the image's cold delivery per link speed and method."""
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "delivery.py")], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SystemExit(f"bench/delivery.py failed: {r.stdout[-1500:]}{r.stderr[-1500:]}")
-    found = json.loads((ROOT / "bench" / "results" / "delivery.json").read_text())
+    found = bench("delivery")
     return [(f"P9 image delivery at {run['mbit']} Mbit/s, {run['method']}",
              f"{run['delivery_s']} s ({run['sent_mb']} MB of a {found['tar_mb']} MB image; compressing "
              f"{run['compress_s']} s)", "≤ 180 s at 20 Mbit/s" if run["mbit"] == 20 else "")
