@@ -167,8 +167,8 @@ def inputs(variables, image_id):
 
 def _digest(target, mode, variables, image_id):
     body = json.dumps(watch_list(variables))
-    r = remote(target, "digest", mode, layout.DIGEST_RECORD, inputs(variables, image_id),
-               input=body, capture_output=True, text=True)
+    r = remote(target, "digest", mode, layout.DIGEST_RECORD, inputs(variables, image_id), layout.ACME_CONFIG,
+               layout.ACME_STATUS, f"{layout.ACME_SERVICE}.timer", input=body, capture_output=True, text=True)
     if r.returncode != 0:
         raise DeployError(f"digest on {target.host} failed: {r.stderr.strip()[-300:]}")
     return json.loads(r.stdout)

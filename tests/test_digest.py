@@ -102,7 +102,8 @@ def _digest(monkeypatch, capsys, mode, record, inputs, watch, https="login requi
     monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(watch)))
     monkeypatch.setattr(remote, "_https_answers", lambda: https)
     monkeypatch.setattr(remote, "_replace", lambda path, data, mode, group: path.write_bytes(data))
-    remote.digest(mode, record, inputs)
+    remote.digest(mode, record, inputs, str(record.parent / "acme.json"), str(record.parent / "acme-status.json"),
+                  "appliance-certbot.timer")
     return json.loads(capsys.readouterr().out)
 
 
@@ -123,6 +124,14 @@ def test_the_check_sees_each_kind_of_drift(tmp_path, monkeypatch, capsys):
     assert check() == {"same": True, "why": ""}
     assert "settings, files, image or roles differ" in check("in-2")["why"]
     assert "not healthy" in check(https="no answer")["why"]
+    # with --tls acme: after a failed certificate attempt the same `up` runs in full (and asks the CA again)
+    (tmp_path / "acme.json").write_text(json.dumps({"domain": "nb.example.org", "directory": "https://ca/dir"}))
+    monkeypatch.setattr(remote, "_run", lambda *cmd: "active")
+    for ok, same in ((True, True), (False, False)):
+        (tmp_path / "acme-status.json").write_text(json.dumps({"attempts": [{"ok": ok, "result": "x"}]}))
+        found = check()
+        assert found["same"] is same and ("ACME" in found["why"]) is not same, found
+    (tmp_path / "acme.json").unlink()
     for drift, undo in [
             (lambda: site.write_text("server { listen 80; }\n"), lambda: site.write_text("server {}\n")),
             (lambda: key.chmod(0o644), lambda: key.chmod(0o600)),

@@ -197,10 +197,11 @@ def test_port_80_still_redirects_everything_but_the_challenge(pebble):
 
 
 def test_a_second_up_requests_nothing(pebble):
-    before = serial()
+    before, tried = serial(), len(attempts())
     r = up_acme(pebble)
     assert r.returncode == 0 and "changed=0" in r.stdout, r.stdout[-4000:]
-    assert serial() == before and attempts()[-1]["result"] == "kept"
+    assert "Ansible is not needed" in r.stdout  # the no-op fast path: nothing asked of the CA either
+    assert serial() == before and len(attempts()) == tried and attempts()[-1]["result"] == "issued"
 
 
 def test_status_shows_issuer_expiry_and_the_last_attempt(pebble):
@@ -208,7 +209,7 @@ def test_status_shows_issuer_expiry_and_the_last_attempt(pebble):
     assert code == 0 and facts["healthy"], facts["problems"]
     assert "Pebble" in facts["certificate"]["issuer"] and facts["certificate"]["days_left"] > 14
     assert facts["acme"]["domain"] == DOMAIN and facts["acme"]["timer"] == "active"
-    assert facts["acme"]["last"]["ok"] and facts["acme"]["last"]["result"] == "kept"
+    assert facts["acme"]["last"]["ok"] and facts["acme"]["last"]["result"] == "issued"
     r, _ = provision("status", env=pebble["env"])
     assert r.returncode == 0 and f"renewal:     the ACME CA at {DIRECTORY} for {DOMAIN}" in r.stdout
 
@@ -257,6 +258,10 @@ def test_a_failed_request_is_one_line_and_the_previous_certificate_stays(pebble)
     fetch_in_droplet(f"{CHALLTESTSRV}/set-servfail", data={"host": f"{FAILING}."})
     try:
         r = up_acme(pebble, FAILING)
+        tried = len(attempts())
+        again = up_acme(pebble, FAILING)  # the same up again asks the CA again (no fast path after a failure)
+        assert again.returncode == 1 and "Running Ansible" in again.stdout and len(attempts()) == tried + 1, \
+            again.stdout[-3000:]
     finally:
         fetch_in_droplet(f"{CHALLTESTSRV}/clear-servfail", data={"host": f"{FAILING}."})
     errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]

@@ -464,10 +464,12 @@ def forget_user_packages(directory, account):
     print(json.dumps(_as_account(account, _remove, directory, wanted)))
 
 
-def digest(mode, record_path, inputs):
+def digest(mode, record_path, inputs, acme_config, acme_status, acme_timer):
     """`up`'s fast path (appliance/digest.py), with the watch list (JSON) on stdin. "record": keep the
     inputs digest and what is observed now in record_path (root, 0600). "check": print {"same", "why"}:
-    same when the inputs and every observation match the record and the appliance answers healthy."""
+    same when the inputs and every observation match the record and the appliance is healthy: the notebook
+    container healthy, HTTPS asking for the login and, with --tls acme, the last certificate attempt good
+    (after a failed one, the same `up` asks the CA again)."""
     watch = json.loads(sys.stdin.read())
     if mode == "record":  # (its directory first: it may be one of the paths observed)
         os.makedirs(os.path.dirname(record_path), mode=0o755, exist_ok=True)
@@ -482,6 +484,9 @@ def digest(mode, record_path, inputs):
     except (OSError, ValueError):
         last = None
     unhealthy = [f"{name} is {state}" for name, state in health.items() if state not in ("healthy", "none")]
+    certificate = _acme(acme_config, acme_status, acme_timer)
+    if certificate and not (certificate["last"] or {}).get("ok"):
+        unhealthy.append("the last ACME certificate attempt failed")
     differ = sorted(k for k in set(seen) | set((last or {}).get("seen", {})) if last["seen"].get(k) != seen.get(k)) \
         if last else []
     if last is None:
