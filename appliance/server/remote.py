@@ -483,22 +483,22 @@ def digest(mode, record_path, inputs, acme_config, acme_status, acme_timer):
             last = json.load(f)
     except (OSError, ValueError):
         last = None
-    unhealthy = [f"{name} is {state}" for name, state in health.items() if state not in ("healthy", "none")]
-    certificate = _acme(acme_config, acme_status, acme_timer)
-    if certificate and not (certificate["last"] or {}).get("ok"):
-        unhealthy.append("the last ACME certificate attempt failed")
-    differ = sorted(k for k in set(seen) | set((last or {}).get("seen", {})) if last["seen"].get(k) != seen.get(k)) \
-        if last else []
+    differ = sorted(k for k in set(seen) | set(last["seen"]) if last["seen"].get(k) != seen.get(k)) if last else []
     if last is None:
         why = "no record of a full run on this server"
     elif last.get("inputs") != inputs:
         why = "the settings, files, image or roles differ from the last run's"
     elif differ:
         why = "the server differs from the last run: " + ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
-    elif unhealthy or _https_answers() != "login required":
-        why = "the appliance is not healthy: " + (", ".join(unhealthy) or f"HTTPS: {_https_answers()}")
     else:
-        why = ""
+        unhealthy = [f"{name} is {state}" for name, state in health.items() if state not in ("healthy", "none")]
+        certificate = _acme(acme_config, acme_status, acme_timer)
+        if certificate and not (certificate["last"] or {}).get("ok"):
+            unhealthy.append("the last ACME certificate attempt failed")
+        https = _https_answers()
+        if https != "login required":
+            unhealthy.append(f"HTTPS: {https}")
+        why = "the appliance is not healthy: " + ", ".join(unhealthy) if unhealthy else ""
     print(json.dumps({"same": not why, "why": why}))
 
 
