@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance import bootstrap, droplet, engine, images  # noqa: E402
+from appliance.ssh import Target  # noqa: E402
 from appliance.state import State  # noqa: E402
 from bench.saved import save  # noqa: E402
 
@@ -51,12 +52,11 @@ def shape(interface, mbit):
                         "burst", "32kbit", "latency", "100ms"], check=True)
 
 
-def ssh_argv(command):
-    """ssh into the local droplet as `up` does (its key and known_hosts from the local state)."""
+def droplet_target(control_dir):
+    """The local droplet as `up` reaches it: ssh.Target with the key, known_hosts and login of the local state."""
     state = State(ROOT / ".appliance" / "local")
-    return ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={state.known_hosts}", "-o", "Compression=no",
-            "-o", "IdentitiesOnly=yes", "-i", str(state.file(droplet.KEY)), "-p", str(droplet.PORTS[22]),
-            f"{state.login() or 'root'}@127.0.0.1", command]
+    return Target("127.0.0.1", droplet.PORTS[22], state.login() or "root", str(state.file(droplet.KEY)),
+                  str(state.known_hosts), control_dir)
 
 
 def main():
@@ -71,6 +71,7 @@ def main():
     results = {"image": tag, "image_mb": round(engine.client().images.get(tag).attrs["Size"] / 1e6), "runs": []}
     interface = host_interface()
     with tempfile.TemporaryDirectory(prefix="appliance-delivery-") as work:
+        target = droplet_target(work)
         saved = Path(work) / "image.tar"
         with saved.open("wb") as out:
             for chunk in engine.client().api.get_image(tag, chunk_size=1 << 20):
@@ -88,7 +89,7 @@ def main():
                     shape(interface, mbit)
                     started = time.monotonic()
                     with packed.open("rb") as src:
-                        r = subprocess.run(ssh_argv(f"{decompress} | wc -c"), stdin=src, capture_output=True,
+                        r = subprocess.run(target.argv(f"{decompress} | wc -c"), stdin=src, capture_output=True,
                                            text=True)
                     sent_s = time.monotonic() - started
                     if r.returncode != 0 or int(r.stdout.strip() or 0) != saved.stat().st_size:
@@ -102,6 +103,7 @@ def main():
                 packed.unlink()
         finally:
             shape(interface, 0)
+            target.close()
     save("delivery", results)
 
 

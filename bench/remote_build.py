@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from appliance import bootstrap, droplet, engine, images, layout  # noqa: E402
-from bench.delivery import host_interface, ssh_argv  # noqa: E402
+from bench.delivery import droplet_target, host_interface  # noqa: E402
 from bench.saved import save  # noqa: E402
 
 TAG = "appliance-remote-build/{}:latest"
@@ -56,8 +56,8 @@ def main():
                    check=True, capture_output=True)
     interface, figures = host_interface(), {"mbit": args.mbit}
     with tempfile.TemporaryDirectory(prefix="appliance-remote-build-") as work:
-        sock = Path(work) / "docker.sock"
-        relay = " ".join(shlex.quote(a) for a in ssh_argv("sudo -n socat STDIO UNIX-CONNECT:/var/run/docker.sock"))
+        sock, target = Path(work) / "docker.sock", droplet_target(work)
+        relay = " ".join(shlex.quote(a) for a in target.argv("sudo -n socat STDIO UNIX-CONNECT:/var/run/docker.sock"))
         forward = subprocess.Popen(["socat", f"UNIX-LISTEN:{sock},fork,mode=600", f"EXEC:{relay}"],
                                    stderr=subprocess.DEVNULL)
         try:
@@ -78,7 +78,7 @@ def main():
                     saved.wait()
                 figures["root_image_mb"] = round((Path(work) / "root.tar.gz").stat().st_size / 1e6, 1)
                 with open(Path(work) / "root.tar.gz", "rb") as src:
-                    subprocess.run(ssh_argv("sudo -n docker load -q"), stdin=src, check=True, capture_output=True)
+                    subprocess.run(target.argv("sudo -n docker load -q"), stdin=src, check=True, capture_output=True)
             figures["root_image_s"] = round(time.monotonic() - started, 1)
             parent = images.ROOT_IMAGE
             for name in ("base", "scipy"):
@@ -98,6 +98,7 @@ def main():
         finally:
             shape_ssh(interface, 0)
             forward.terminate()
+            target.close()
     save("remote_build", figures)
 
 
