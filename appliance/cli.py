@@ -85,6 +85,12 @@ def _ca_flag(p):
                    "image's own)")
 
 
+def _build_on_flag(p):
+    p.add_argument("--build-on", choices=config.BUILD_ON, help="where the notebook image is built: here (and "
+                   "sent to the server), server (it fetches the packages itself), or auto (default: the server "
+                   "when the upload to it is slow and it reaches the package index)")
+
+
 def _image_flags(p):
     p.add_argument("--image", help="image to build (default scipy)")
     p.add_argument("--base-image", metavar="REF", help="root image (default debian:bookworm-slim)")
@@ -102,6 +108,7 @@ def parser():
     _target_flags(up)
     _tls_flags(up)
     _ca_flag(up)
+    _build_on_flag(up)
     _worker_flags(up)
     _cloud_flags(up, create=True)
 
@@ -155,6 +162,7 @@ def parser():
     rebuild.add_argument("--bake", action="store_true", help="add what notebooks installed with %%pip install "
                          "(kept on the server beside the notebooks) to the image, then remove it from there")
     _ca_flag(rebuild)
+    _build_on_flag(rebuild)
 
     token = sub.add_parser("token", help="API tokens for tools (VS Code, a local JupyterLab, scripts)")
     actions = token.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -189,7 +197,7 @@ def _config(args):
                                                   "ssh_host_key_fingerprint", "cloud", "name", "region",
                                                   "size", "instance_type", "volume_gb", "ssh_from", "workers",
                                                   "worker_memory", "tls", "acme_email", "acme_directory",
-                                                  "acme_ca_bundle")}
+                                                  "acme_ca_bundle", "build_on")}
     if getattr(args, "worker_host", None):
         fields["worker_hosts"] = ",".join(args.worker_host)
     return config.load(fields, config_file=getattr(args, "config", None))

@@ -41,6 +41,7 @@ MAX_VOLUME_GB = 16384
 MAX_LOCAL_WORKERS = 8
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")  # as OpenSSH prints it; matched whole
 TLS_MODES = ("private", "acme")
+BUILD_ON = ("auto", "here", "server")
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"  # Let's Encrypt's production ACME directory
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9_%+-]{1,64}(\.[A-Za-z0-9_%+-]{1,64}){0,8}")  # dot-atom, the usual characters
@@ -83,6 +84,8 @@ class Config:
     acme_email: str | None = None      # the ACME account's contact (expiry warnings); none: no contact
     acme_directory: str | None = None  # the ACME CA's directory URL (default LETSENCRYPT)
     acme_ca_bundle: str | None = None  # a local PEM file trusted for the ACME API only (a test or in-house CA)
+    build_on: str = "auto"       # where the notebook image is built: "here" (and sent), "server", or "auto"
+                                 # (the server when the upload is slow and it reaches the package index)
 
     @property
     def is_local(self):
@@ -261,6 +264,8 @@ def _check(cfg):
     changes.update(_check_tls(cfg))
     if not _TZ.fullmatch(cfg.timezone):
         raise ConfigError(f"timezone {cfg.timezone!r} is not a time zone name like UTC or Europe/Paris")
+    if cfg.build_on not in BUILD_ON:
+        raise ConfigError(f"build_on {cfg.build_on!r} is not one of {', '.join(BUILD_ON)}")
     if not _IMAGE.fullmatch(cfg.image):
         raise ConfigError(f"image {cfg.image!r} is not a valid image name")
     if not (cfg.memory.isascii() and _SIZE.fullmatch(changes["memory"])):

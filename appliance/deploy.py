@@ -2,9 +2,9 @@
 
 Steps: with --tls acme check that the domain resolves to the server, prepare the local state (CA,
 certificate, htpasswd), reach the server (ssh.py), check its disks (and the ACME directory, from there),
-build the notebook image here, render the server's files into a private temporary directory,
-run ansible/server.yml, switch to the operator's login, put the image on the server (ship.py), then
-run ansible/site.yml (playbook.py). When the server is as the last full run left it (appliance/digest.py:
+decide where the notebook image is built (delivery.py: here, or on the server over a slow link), run
+ansible/server.yml, switch to the operator's login, put the image on the server (sent, or built there),
+render the server's files into a private temporary directory, then run ansible/site.yml (playbook.py). When the server is as the last full run left it (appliance/digest.py:
 one round trip), the playbooks are skipped.
 """
 import re
@@ -16,7 +16,7 @@ from pathlib import Path
 from . import acme, bootstrap, cluster, config, digest, engine, images, layout, render, tls
 from .errors import DeployError
 from .playbook import run_playbook
-from .ship import ship_image
+from .delivery import Delivery
 from .ssh import connect, operator_login, refuse_system_account, remote_json
 
 FIRST_RUN = ("First run for this server: expect about 5 minutes (on a fresh machine it also makes the base "
@@ -115,28 +115,39 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
         refuse_system_account(target, cfg.user)
         check_disk(target, cfg.user)
         check_tls(cfg, target, say)
-        tag = images.build(cfg.image, ca_bundle=ca_bundle, packages=state.packages(), say=say)
+        client = engine.client()
+        images.ensure_root_image(client, say=say)
+        key = images.source_key(cfg.image, client.images.get(images.ROOT_IMAGE).id, images.trusted_cas(ca_bundle),
+                                state.packages())
+        tag = images.tag(cfg.image)
         extravars = {
             **role_inputs(cfg, server_ssh_port),
             "base_ssh_pubkey": pubkey,
             "base_timezone": cfg.timezone,
             "base_swap_mb": cfg.swap_mb,
             "jupyter_image_tag": tag,
+            "jupyter_image_source": key,
             "jupyter_memory": cfg.memory,
             "jupyter_cpus": cfg.cpus,
         }
         base_vars = dict(extravars)  # what a worker server's server.yml takes too
-        image_id = engine.client().images.get(tag).id
+        cluster_wanted = bool(cfg.worker_list([w["name"] for w in state.workers()]))
         # the fast path: a server without a cluster that a full run left as it is now
-        if state.login() == cfg.user and not state.workers() and not cfg.worker_list([]):
+        if state.login() == cfg.user and not state.workers() and not cluster_wanted:
             wanted = appliance_vars(cfg, state, extravars, Path(work) / "check", nginx_version(target), [], tag)
-            if digest.unchanged(target, wanted, image_id, say):
+            if digest.unchanged(target, wanted, key, say):
                 summary(cfg, target, cert, state, where, started, 0, say)
                 return 0
-        changed = run_playbook(target, "server.yml", extravars, say)
+        image = Delivery(cfg, key, ca_bundle, state.packages(), say)
+        try:
+            image.plan(target, cfg.build_on, cluster_wanted)
+            changed = run_playbook(target, "server.yml", extravars, say)
+            image.loaded_root(target)
+        finally:
+            image.close(target)
         target.close()
         target = operator_login(target, cfg.user, state)
-        changed += bool(ship_image(target, tag, say))
+        image.deliver(target, work)
         workers = cluster.wanted(cfg, state, say)  # the Dask workers (local ones made now: their addresses)
         gone = [w for w in state.workers() if w["name"] not in {x["name"] for x in workers}]
         cluster.retire(target, [w["name"] for w in gone], say)
@@ -144,12 +155,15 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
         changed += len(gone)
         # after server.yml: its package lists say which nginx comes
         extravars = appliance_vars(cfg, state, extravars, Path(work) / "render", nginx_version(target), workers, tag)
-        changed += run_playbook(target, "site.yml", extravars, say)  # closes the root and password doors
+        # closes the root and password doors; the server may be building the image meanwhile (the jupyter
+        # role waits for it; a failed build stops the playbook and is the error raised)
+        changed += run_playbook(target, "site.yml", extravars, say, abort=image.failed)
+        changed += image.wait()
         for worker in workers:
             changed += cluster.provision_worker(cfg, state, worker, workers, tag, base_vars, say)
         state.set_workers([{k: w[k] for k in ("name", "host", "port", "address")} for w in workers])
         if not workers:
-            digest.record(target, extravars, image_id, say)
+            digest.record(target, extravars, key, say)
         try:
             summary(cfg, target, cert, state, where, started, changed, say)
         finally:

@@ -1,8 +1,8 @@
 """`up`'s fast path: when nothing changed since the last full run, skip Ansible.
 
 After a full run, the server keeps a record (layout.DIGEST_RECORD, root 0600): a digest of the run's
-inputs (every variable the playbooks got, the rendered files' contents, the image id, the playbooks and
-roles themselves) and what was observed right after it (appliance/server/observe.py) for everything the
+inputs (every variable the playbooks got, the rendered files' contents, the image's source key
+(images.source_key), the playbooks and roles themselves) and what was observed right after it (appliance/server/observe.py) for everything the
 roles manage. The next `up` sends its own inputs digest and the same watch list in one SSH round trip:
 when the inputs are the same, every observation matches the record and the appliance is healthy, nothing
 can be different, and `up` reports changed=0 without running Ansible. Anything else (a hand-edited file,
@@ -149,7 +149,7 @@ def watch_list(variables):
     return {k: sorted(str(v) for v in values if v) for k, values in reader.watch.items()}
 
 
-def inputs(variables, image_id):
+def inputs(variables, image_key):
     """The digest of everything a full run would get: the variables (rendered files by content, not by their
     temporary path), the image, the playbooks and roles."""
     h = hashlib.sha256()
@@ -159,25 +159,25 @@ def inputs(variables, image_id):
             value = [{**f, "src": hashlib.sha256(Path(f["src"]).read_bytes()).hexdigest()} if "src" in f else f
                      for f in value]
         plain[key] = value
-    h.update(json.dumps({"vars": plain, "image": image_id}, sort_keys=True, default=str).encode())
+    h.update(json.dumps({"vars": plain, "image": image_key}, sort_keys=True, default=str).encode())
     for f in sorted(p for p in ANSIBLE.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(str(f.relative_to(ANSIBLE)).encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
-def _digest(target, mode, variables, image_id):
+def _digest(target, mode, variables, image_key):
     body = json.dumps(watch_list(variables))
-    r = remote(target, "digest", mode, layout.DIGEST_RECORD, inputs(variables, image_id), layout.ACME_CONFIG,
+    r = remote(target, "digest", mode, layout.DIGEST_RECORD, inputs(variables, image_key), layout.ACME_CONFIG,
                layout.ACME_STATUS, f"{layout.ACME_SERVICE}.timer", input=body, capture_output=True, text=True)
     if r.returncode != 0:
         raise DeployError(f"digest on {target.host} failed: {r.stderr.strip()[-300:]}")
     return json.loads(r.stdout)
 
 
-def unchanged(target, variables, image_id, say):
+def unchanged(target, variables, image_key, say):
     """True when the server is as the last full run left it for these inputs, and healthy."""
     try:
-        found = _digest(target, "check", variables, image_id)
+        found = _digest(target, "check", variables, image_key)
     except DeployError as exc:
         say(f"Could not compare the server with the last run ({exc}): running Ansible")
         return False
@@ -188,10 +188,10 @@ def unchanged(target, variables, image_id, say):
     return False
 
 
-def record(target, variables, image_id, say):
+def record(target, variables, image_key, say):
     """After a full run: keep its inputs and what the server looks like now (without it the next `up` runs
     Ansible again: nothing worse)."""
     try:
-        _digest(target, "record", variables, image_id)
+        _digest(target, "record", variables, image_key)
     except DeployError as exc:
         say(f"Could not keep this run's record on the server ({exc}): the next up runs Ansible again")

@@ -6,6 +6,7 @@ Dockerfiles' BASE_IMAGE argument. Every image carries a versions manifest
 /opt/appliance/manifest.json and copied, as read back from a throwaway
 container, into the label LABEL by a second one-line build.
 """
+import hashlib
 import io
 import json
 import os
@@ -25,6 +26,7 @@ IMAGES = Path(__file__).resolve().parent.parent / "images"
 ROOT_IMAGE = "debian:bookworm-slim"
 PARENTS = {"base": ROOT_IMAGE, "scipy": "base"}  # a parent that is not a key here is a root image
 LABEL = "org.appliance.manifest"
+SOURCE = "org.appliance.source"  # what the image is built from (source_key): the same wherever it is built
 MANIFEST_PATH = "/opt/appliance/manifest.json"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBOOTSTRAP_CACHE = Path("/var/cache/appliance")
@@ -130,11 +132,27 @@ def build_directory(client, name, buildargs, ca_bundle=None, image_tag=None, pro
         return _stream(client.api, progress, path=directory, buildargs=buildargs, tag=image_tag, nocache=nocache)
 
 
+def source_key(name, root_id, ca_bundle=None, packages=()):
+    """SHA-256 of everything an image is built from: the build contexts of its chain (Dockerfiles, locks,
+    the CA bundle, the rendered Jupyter config), the root image's id and the extra packages. Two images
+    with the same key hold the same software, whichever engine built them (`up` builds on the server
+    or here, delivery.py)."""
+    h = hashlib.sha256(json.dumps({"root": root_id, "packages": list(packages), "socket": layout.IMAGE_SOCKET,
+                                   "user_packages": layout.IMAGE_USER_PACKAGES}).encode())
+    for each in chain(name):
+        with tempfile.TemporaryDirectory(prefix=f"appliance-{each}-") as directory:
+            _context(each, directory, ca_bundle)
+            for path in sorted(Path(directory).rglob("*")):
+                if path.is_file():
+                    h.update(f"\0{each}/{path.relative_to(directory)}\0".encode() + path.read_bytes())
+    return h.hexdigest()
+
+
 def _described(client, ref):
     return f"{ref} ({client.images.get(ref).id[:19]})"
 
 
-def _build_one(client, name, parent, root, ca_bundle, packages, progress, nocache):
+def _build_one(client, name, parent, root, ca_bundle, packages, progress, nocache, key):
     args = {"BASE_IMAGE": parent, "EXTRA_PACKAGES": " ".join(packages),
             "MANIFEST_PARENT": _described(client, parent), "MANIFEST_ROOT": _described(client, root)}
     if name == "base":
@@ -148,7 +166,7 @@ def _build_one(client, name, parent, root, ca_bundle, packages, progress, nocach
     label = json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True)
     progress.start(f"{name} label")
     _stream(client.api, progress, fileobj=io.BytesIO(f"FROM {built}\n".encode()), tag=tag(name),
-            labels={LABEL: label})
+            labels={LABEL: label, SOURCE: key})
     return tag(name)
 
 
@@ -160,8 +178,10 @@ def _exists(client, ref):
         return False
 
 
-def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=None, say=print, nocache=False):
-    """Build `name` and its parents (cached layers unless nocache); returns the tag of `name`.
+def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=None, say=print, nocache=False,
+          client=None):
+    """Build `name` and its parents (cached layers unless nocache) on `client`'s engine (this machine's by
+    default); returns the tag of `name`.
 
     base_image replaces the root image (debian:bookworm-slim, made when missing); ca_bundle is the
     CA bundle (PEM) trusted inside the build: by default the host's own (see trusted_cas), "none" for
@@ -173,8 +193,9 @@ def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=N
             raise ImageError(f"{package!r} is not a package requirement like NAME or NAME==VERSION")
     names = chain(name)
     root = base_image or PARENTS[names[0]]
-    client = engine.client()
+    client = client or engine.client()
     ensure_root_image(client, root, say)
+    root_id = client.images.get(root).id
     bundle = trusted_cas(ca_bundle)
     say(f"Builds trust the CA bundle {bundle} (--ca-bundle PATH for another, --ca-bundle none for the "
         "image's own CAs only)" if bundle else "Builds trust the image's own CAs only (--ca-bundle none)")
@@ -182,8 +203,9 @@ def build(name="scipy", base_image=None, ca_bundle=None, packages=(), progress=N
     parent = root
     for each in names:
         say(f"Building {tag(each)} from {parent}")
-        parent = _build_one(client, each, parent, root, bundle, packages if each == name else (), progress,
-                            nocache)
+        extra = packages if each == name else ()
+        parent = _build_one(client, each, parent, root, bundle, extra, progress, nocache,
+                            source_key(each, root_id, bundle, extra))
     return parent
 
 

@@ -78,8 +78,9 @@ def _message(res):
     return "\n".join(p for p in parts if p) or "no message"
 
 
-def run_playbook(target, playbook, extravars, say):
-    """Run one playbook of ansible/ against one target; returns the number of changed tasks."""
+def run_playbook(target, playbook, extravars, say, abort=lambda: False):
+    """Run one playbook of ansible/ against one target; returns the number of changed tasks. It stops early
+    when abort() turns true (the caller then raises its own error)."""
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     with tempfile.TemporaryDirectory(prefix="appliance-runner-") as private:
         os.chmod(private, 0o700)
@@ -99,12 +100,14 @@ def run_playbook(target, playbook, extravars, say):
         try:
             runner = ansible_runner.run(private_data_dir=private, playbook=str(ANSIBLE / playbook),
                                         inventory=inventory, extravars=extravars, envvars=envvars, quiet=True,
-                                        event_handler=progress, cancel_callback=lambda: bool(interrupted))
+                                        event_handler=progress, cancel_callback=lambda: bool(interrupted) or abort())
         finally:  # (extravars go in a file under the 0700 directory, not on a command line)
             signal.signal(signal.SIGINT, previous)
             progress.finish()
         if interrupted:
             raise KeyboardInterrupt
+        if abort():
+            return 0
         stats = runner.stats or {}
         if runner.status != "successful" or progress.failures:
             block = "\n".join(f"  task: {task}\n  host: {host}\n  " + msg.replace("\n", "\n  ")

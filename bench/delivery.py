@@ -34,15 +34,15 @@ METHODS = {  # name: (compress here, decompress there)
 }
 
 
-def host_interface():
-    """The host's end of the droplet's eth0 (a veth)."""
-    index = subprocess.run(["docker", "exec", droplet.NAME, "cat", "/sys/class/net/eth0/iflink"],
+def host_interface(container=droplet.NAME):
+    """The host's end of a droplet's eth0 (a veth)."""
+    index = subprocess.run(["docker", "exec", container, "cat", "/sys/class/net/eth0/iflink"],
                            capture_output=True, text=True, check=True).stdout.strip()
     for line in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout.splitlines():
         number, name = line.split(":")[:2]
         if number.strip() == index:
             return name.strip().split("@")[0]
-    raise SystemExit("the droplet's network interface was not found")
+    raise SystemExit(f"the network interface of {container} was not found")
 
 
 def shape(interface, mbit):

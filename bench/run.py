@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: the appliance against Jupyter reached directly, side by side in one run.
 
-    python3 bench/run.py [--cold-up] [--rebuild] [--images] [--upload-mb 1024]
+    python3 bench/run.py [--cold-up] [--rebuild] [--images] [--delivery] [--upload-mb 1024]
 
 Needs a provisioned local droplet (`python3 provision.py up`) and its password
 in $APPLIANCE_PASSWORD (or the generated one in .appliance/local/password).
@@ -10,7 +10,8 @@ Always: a no-op `up` (P5), the request figures (P1-P4), the load with wrk
 --cold-up re-creates the droplet from scratch to time `up` (P5); --rebuild
 times a one-package rebuild (P7); --images rebuilds the images without cache
 (P6); --delivery times the image's cold delivery over a shaped 20 and 100 Mbit/s
-link (bench/delivery.py: P9). Writes docs/benchmarks.md, the chart
+link (bench/delivery.py) and a new server's whole cold `up` behind such a link, `up`
+choosing where the image is built (bench/cold_up.py): P9. Writes docs/benchmarks.md, the chart
 docs/benchmarks-latency.png and bench/results/latest.json.
 """
 import argparse
@@ -218,12 +219,18 @@ def wrk_figures():
 
 
 def delivery_figures():
-    """(name, value, goal) rows of bench/delivery.py: the image's cold delivery per link speed and method."""
+    """(name, value, goal) rows of bench/delivery.py (the image's delivery per link speed and method) and
+    bench/cold_up.py (a whole cold `up` of a new server per link speed, where `up` chooses)."""
     found = bench("delivery")
     return [(f"P9 image delivery at {run['mbit']} Mbit/s, {run['method']}",
              f"{run['delivery_s']} s ({run['sent_mb']} MB of a {found['tar_mb']} MB image; compressing "
              f"{run['compress_s']} s)", "≤ 180 s at 20 Mbit/s" if run["mbit"] == 20 else "")
-            for run in found["runs"]]
+            for run in found["runs"]] + [
+        (f"P9 cold `up` of a new server at {run['mbit']} Mbit/s (--build-on {run['build_on']}: image built "
+         f"{run['built_on']})", f"{run['cold_up_s']} s (upload measured {run.get('probe', '?')} Mbit/s"
+         + (f"; image built on the server in {run['built_on_server_s']} s, beside site.yml)" if run["built_on"] ==
+            "server" else f"; image sent: {run['sent'][0]} in {run['sent'][1]} s)"),
+         "≤ 180 s at 20 Mbit/s" if run["mbit"] == 20 else "") for run in bench("cold_up")["runs"]]
 
 
 def verdict(name, ratio):
@@ -300,7 +307,8 @@ def main():
     p.add_argument("--cold-up", action="store_true", help="re-create the droplet to time a cold and a no-op up")
     p.add_argument("--images", action="store_true", help="rebuild the images without cache (P6)")
     p.add_argument("--rebuild", action="store_true", help="time a one-package rebuild and the bytes it sends (P7)")
-    p.add_argument("--delivery", action="store_true", help="time the image's delivery over a shaped link (P9)")
+    p.add_argument("--delivery", action="store_true", help="time the image's delivery and a new server's "
+                   "cold up over a shaped link (P9)")
     p.add_argument("--upload-mb", type=int, default=1024)
     p.add_argument("--ca-bundle", default="/etc/ssl/certs/ca-certificates.crt")
     args = p.parse_args()

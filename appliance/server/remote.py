@@ -277,6 +277,32 @@ def layers():
     print(json.dumps(sorted(chains)))
 
 
+def _image(ref, label):
+    found = _run("docker", "image", "inspect", "--format", "{{json .}}", ref)
+    if not found:
+        return None
+    image = json.loads(found)
+    return {"id": image["Id"], "source": ((image.get("Config") or {}).get("Labels") or {}).get(label)}
+
+
+def _reaches(host, port):
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def delivery(tag, label, root, *index_hosts):
+    """What decides how the image comes (appliance/delivery.py): whether Docker answers, the image `tag` and
+    the root image the engine holds (id, the `label` saying what it was built from), whether the package
+    index's hosts (host:port) answer."""
+    docker = bool(shutil.which("docker")) and _run("docker", "version", "--format", "{{.Server.Version}}") is not None
+    print(json.dumps({"docker": docker, "image": _image(tag, label) if docker else None,
+                      "root": _image(root, label) if docker else None,
+                      "index": all(_reaches(*h.rsplit(":", 1)) for h in index_hosts)}))
+
+
 def install(path, mode, group):
     """Atomically replace path with stdin (root-owned, mode and group as given)."""
     _replace(path, sys.stdin.buffer.read(), mode, group)
@@ -507,5 +533,5 @@ if __name__ == "__main__":
     commands = {"backup": backup, "restore": restore, "status": status, "layers": layers, "install": install,
                 "tokens": tokens, "disks": lambda *paths: print(json.dumps(disks(paths))), "acme": acme,
                 "acme-directory": acme_directory, "user_packages": user_packages,
-                "forget_user_packages": forget_user_packages, "digest": digest}
+                "forget_user_packages": forget_user_packages, "digest": digest, "delivery": delivery}
     commands[command](*args)
