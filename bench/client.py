@@ -2,7 +2,7 @@
 appliance (https://127.0.0.1:443 through nginx, TLS and the login) and Jupyter
 reached directly (its unix socket) are measured from the same place.
 
-    python3 client.py direct|appliance --socket PATH --ca PATH [--auth-service NAME --auth-socket PATH]
+    python3 client.py direct|appliance|interleaved --socket PATH --ca PATH [--auth-service NAME --auth-socket PATH]
                       [--upload-mb N]   (password in $APPLIANCE_PASSWORD)
 
 --socket is Jupyter's unix socket, --ca the appliance's CA certificate on the server, --auth-service and
@@ -13,6 +13,7 @@ and nginx spent per request, and how many requests nginx asked the verifier abou
 Like a browser, the client keeps the cookies it is given (the appliance's session cookie among them) and
 sends them on every connection, with its Basic login too.
 
+"interleaved" measures only the keep-alive latency of both sides, one request of each in turn.
 Prints one JSON object.
 """
 import base64
@@ -259,6 +260,19 @@ def upload(mode, megabytes):
     return {"mb_per_s": round(megabytes * 1.048576 / seconds, 1), "seconds": round(seconds, 1)}
 
 
+def interleaved(path, count=1000):
+    """Keep-alive latency of both sides at once: one request direct, one through the appliance, in turn, so
+    that whatever the machine does meanwhile falls on both alike."""
+    conns = {mode: connect(mode) for mode in ("appliance", "direct")}
+    for mode, conn in conns.items():
+        request(conn, mode, "GET", path)  # the TLS handshake and the login
+    samples = {mode: [] for mode in conns}
+    for _ in range(count):
+        for mode, conn in conns.items():
+            samples[mode].append(request(conn, mode, "GET", path)[0])
+    return {mode: percentiles(each) for mode, each in samples.items()}
+
+
 def main():
     global SOCKET, CA, AUTH_SERVICE, AUTH_SOCKET
     mode = sys.argv[1]
@@ -267,6 +281,9 @@ def main():
     SOCKET, CA = option("--socket"), option("--ca")
     AUTH_SERVICE, AUTH_SOCKET = option("--auth-service"), option("--auth-socket")
     megabytes = int(option("--upload-mb", 1024))
+    if mode == "interleaved":
+        print(json.dumps({"status": interleaved("/api/status"), "contents": interleaved("/api/contents")}))
+        return
     result = {
         "status_keepalive": latency(mode, "/api/status"),
         "contents_keepalive": latency(mode, "/api/contents"),

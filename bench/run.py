@@ -37,6 +37,10 @@ from bench import saved  # noqa: E402
 GOALS = {  # figure: (direction, goal ratio appliance/direct)
     "P1 /api/status p50, keep-alive": ("max", 1.5), "P1 /api/status p99, keep-alive": ("max", 1.5),
     "P1 /api/contents p50, keep-alive": ("max", 1.5), "P1 /api/contents p99, keep-alive": ("max", 1.5),
+    "P1 /api/status p50, keep-alive, interleaved": ("max", 1.5),
+    "P1 /api/status p99, keep-alive, interleaved": ("max", 1.5),
+    "P1 /api/contents p50, keep-alive, interleaved": ("max", 1.5),
+    "P1 /api/contents p99, keep-alive, interleaved": ("max", 1.5),
     "P1 /api/status req/s, 20 clients": ("min", 0.7), "P1 /api/contents req/s, 20 clients": ("min", 0.7),
     "P1 /api/status p50, 20 clients": ("max", 1.5), "P1 /api/contents p50, 20 clients": ("max", 1.5),
     "P1 /api/status req/s, 50 clients": ("min", 0.7), "P1 /api/status p50, 50 clients": ("max", 1.5),
@@ -155,9 +159,11 @@ def browser_figures(state, password):
     return direct, appliance
 
 
-def figures(d, a):
-    """(name, direct, appliance, unit) rows from the two client results."""
-    rows = []
+def figures(d, a, both):
+    """(name, direct, appliance, unit) rows from the two client results and the interleaved one (both)."""
+    rows = [(f"P1 {path} {pct}, keep-alive, interleaved", both[key]["direct"][f"{pct}_ms"],
+             both[key]["appliance"][f"{pct}_ms"], "ms")
+            for path, key in (("/api/status", "status"), ("/api/contents", "contents")) for pct in ("p50", "p99")]
     for path, key in (("/api/status", "status"), ("/api/contents", "contents")):
         for pct in ("p50", "p99"):
             rows.append((f"P1 {path} {pct}, keep-alive", d[f"{key}_keepalive"][f"{pct}_ms"],
@@ -333,7 +339,7 @@ def main():
     # the two sides' runs (a third apart in some runs) does not end up in the ratios
     runs = [in_droplet(container, mode, password, args.upload_mb) for mode in ("direct", "appliance") * 2]
     direct, appliance = best(runs[0], runs[2]), best(runs[1], runs[3])
-    rows = figures(direct, appliance)
+    rows = figures(direct, appliance, in_droplet(container, "interleaved", password, args.upload_mb))
     extra += load_figures(appliance) + wrk_figures()
     load_direct, load_appliance = browser_figures(state, password)
     rows.append(("P3 JupyterLab cold load to launcher", load_direct["ms"], load_appliance["ms"], "ms"))

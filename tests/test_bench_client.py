@@ -89,6 +89,13 @@ def test_the_client_keeps_and_sends_the_session_cookie_as_a_browser_does(applian
         client.request(first, "direct", "GET", "/api/status")
 
 
+def test_interleaved_takes_turns_between_the_two_sides(appliance):
+    result = client.interleaved("/api/status", count=20)
+    assert set(result) == {"direct", "appliance"} and all(r["p50_ms"] > 0 for r in result.values())
+    sent = [basic for basic, _, _ in Appliance.seen[2:]]  # after each side's first request
+    assert sent[1::2] == [None] * 20 and all(b.startswith("Basic ") for b in sent[0::2])  # appliance, direct, ...
+
+
 def test_a_load_run_says_what_the_verifier_spent(appliance, verifier, monkeypatch):
     monkeypatch.setattr(client, "verifier_pids", lambda: [os.getpid()])  # this process serves the verifier here
     conn = client.UnixConnection(verifier)
@@ -136,8 +143,11 @@ def test_the_report_has_the_50_client_and_verifier_figures():
     result.update({"status_keepalive": load, "contents_keepalive": load, "kernel_roundtrip": load,
                    "upload": {"mb_per_s": 1.0}})
     appliance = {**result, "status_50_clients": measured, "no_login_50_clients": measured}
-    names = [row[0] for row in run.figures(result, appliance)]
-    assert {"P1 /api/status req/s, 50 clients", "P1 /api/status p50, 50 clients"} <= set(names)
+    both = {key: {"direct": load, "appliance": load} for key in ("status", "contents")}
+    names = [row[0] for row in run.figures(result, appliance, both)]
+    assert {"P1 /api/status req/s, 50 clients", "P1 /api/status p50, 50 clients",
+            "P1 /api/status p50, keep-alive, interleaved"} <= set(names)
+    assert all(name in run.GOALS for name in names if "interleaved" in name)
     assert all(name in run.GOALS for name in names if "50 clients" in name)
     extra = dict((name, value) for name, value, _ in run.load_figures(appliance))
     assert extra["P8 verifier CPU per request, /api/status, 50 clients"] == \
