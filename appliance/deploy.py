@@ -4,8 +4,9 @@ Steps: with --tls acme check that the domain resolves to the server, prepare the
 certificate, htpasswd), reach the server (ssh.py), check its disks (and the ACME directory, from there),
 decide where the notebook image is built (delivery.py: here, or on the server over a slow link), run
 ansible/server.yml, switch to the operator's login, put the image on the server (sent, or built there),
-render the server's files into a private temporary directory, then run ansible/site.yml (playbook.py). When the server is as the last full run left it (appliance/digest.py:
-one round trip), the playbooks are skipped.
+render the server's files into a private temporary directory, then run ansible/site.yml (playbook.py;
+a build on the server runs beside it). When the server is as the last full run left it (appliance/digest.py:
+one round trip), nothing is built and the playbooks are skipped.
 """
 import re
 import shutil

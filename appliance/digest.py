@@ -1,13 +1,13 @@
 """`up`'s fast path: when nothing changed since the last full run, skip Ansible.
 
-After a full run, the server keeps a record (layout.DIGEST_RECORD, root 0600): a digest of the run's
-inputs (every variable the playbooks got, the rendered files' contents, the image's source key
-(images.source_key), the playbooks and roles themselves) and what was observed right after it (appliance/server/observe.py) for everything the
-roles manage. The next `up` sends its own inputs digest and the same watch list in one SSH round trip:
-when the inputs are the same, every observation matches the record and the appliance is healthy, nothing
-can be different, and `up` reports changed=0 without running Ansible. Anything else (a hand-edited file,
-a stopped service, a removed package, another image, a new option) falls through to the full run, which
-repairs it and writes a new record.
+After a full run, the server keeps a record (layout.DIGEST_RECORD, root 0600): a digest of the run's inputs
+(every variable the playbooks got, the rendered files' contents, the image's source key (images.source_key),
+the playbooks and roles themselves) and what was observed right after it (appliance/server/observe.py) for
+everything the roles manage. The next `up` sends its own inputs digest and the same watch list in one SSH
+round trip: when the inputs are the same, every observation matches the record and the appliance is healthy,
+nothing can be different, and `up` reports changed=0 without running Ansible. Anything else (a hand-edited
+file, a stopped service, a removed package, another image, a new option) falls through to the full run,
+which repairs it and writes a new record.
 
 What the roles manage is read from the roles themselves (watch_list), so a file a role starts to install
 is watched from then on; a task whose module this reader does not know fails tests/test_digest.py.
