@@ -81,7 +81,8 @@ def pebble(appliance, tmp_path_factory):
                 "-dns01", "127.0.0.1:8053", "-management", "127.0.0.1:8055")
         # every validation really made (no authorization reused), at once
         droplet("systemd-run", "--unit=e2e-pebble", "--collect", "--setenv=PEBBLE_VA_NOSLEEP=1",
-                "--setenv=PEBBLE_VA_ALWAYS_VALID=0", "--setenv=PEBBLE_AUTHZREUSE=0", "--setenv=PEBBLE_WFE_NONCEREJECT=0", "/usr/bin/pebble",
+                "--setenv=PEBBLE_VA_ALWAYS_VALID=0", "--setenv=PEBBLE_AUTHZREUSE=0",
+                "--setenv=PEBBLE_WFE_NONCEREJECT=0", "/usr/bin/pebble",
                 "-config", f"{PEBBLE_DIR}/config.json", "-dnsserver", "127.0.0.1:8053")
         deadline = time.monotonic() + 60
         while True:
