@@ -29,7 +29,6 @@ from .errors import DeployError
 from .ship import ship_image
 from .ssh import last_line, remote_json
 
-MODES = ("auto", "here", "server")
 PROBE_BYTES = 4 << 20
 # The rate above which sending the image beats building it on the server (docs/benchmarks.md): sending
 # 691 MB vs sending 99 MB and a ~92 s build (base 30 s + scipy 61 s on 2 cores): 592 MB / 92 s ≈ 6.4 MB/s.
@@ -56,16 +55,16 @@ class Delivery:
         self.mode, self.upload, self.upload_dir = None, None, None
         self.build, self.failure, self.changed = None, None, False
 
-    def plan(self, target, build_on, cluster):
+    def plan(self, target, cluster):
         tag = images.tag(self.cfg.image)
         facts = remote_json(target, "delivery", tag, images.SOURCE, images.ROOT_IMAGE, *INDEX_HOSTS)
-        if cluster or build_on == "here":
+        if cluster or self.cfg.build_on == "here":
             self.mode = "here"
         elif (facts["image"] or {}).get("source") == self.key:
             self.mode = "present"
             self.say(f"Image {tag} on the server is built from the same sources ({facts['image']['id'][:19]})")
             return
-        elif build_on == "server":
+        elif self.cfg.build_on == "server":
             self.mode = "server"
         elif self.cfg.is_local:
             self.mode = "here"

@@ -141,7 +141,7 @@ def up(cfg, ca_bundle=None, say=print, ready=None, server_ssh_port=None):
                 return 0
         image = Delivery(cfg, key, ca_bundle, state.packages(), say)
         try:
-            image.plan(target, cfg.build_on, cluster_wanted)
+            image.plan(target, cluster_wanted)
             changed = run_playbook(target, "server.yml", extravars, say)
             image.loaded_root(target)
         finally:
