@@ -18,8 +18,10 @@ HTPASSWD = f"{ETC}/htpasswd"
 TOKENS = f"{ETC}/tokens.json"               # SHA-256 of each API token, with name and expiry (SECRET_MODE);
                                             # written by `provision.py token` only, re-read by the verifier
 TOKEN_HEADER = "X-Appliance-Token"          # nginx -> Jupyter: the name of the token that let a request in
-SESSION_KEY = f"{ETC}/session.key"          # the session cookies' HMAC key: 32 random bytes made on the server by
-                                            # the web role (SECRET_MODE); nginx's workers and the verifier read it
+SESSION_KEY = f"{ETC}/session.key"          # the session cookies' key: 32 random bytes made on the server by the
+                                            # web role (SECRET_MODE); the verifier reads it
+SESSION_NGINX = f"{ETC}/session-nginx.conf"  # nginx's part of the cookie check (the signing key derived from the
+SESSION_NGINX_MODE = "0600"                 # key and the htpasswd), root only, made on the server by SESSION_SERVICE
 SESSION_COOKIE = "__Host-appliance-session"  # issued by the verifier after a password login, checked by nginx
 IDENTITY_PROVIDER = "appliance_identity.ApplianceIdentityProvider"  # images/base/appliance_identity.py
 JUPYTER_CONFIG = f"{ETC}/jupyter_server_config.py"
@@ -54,11 +56,14 @@ NGINX_ACCESS_LOG = "/var/log/nginx/access.log"            # the site's, without 
 LIB = "/usr/local/lib/appliance"            # code the server runs
 LIB_MODE = "0755"
 AUTHD = f"{LIB}/authd.py"                   # the login verifier (appliance/server/authd.py)
-SESSION_JS = f"{LIB}/session.js"            # nginx's session cookie check (appliance/server/session.js, njs)
+OBSOLETE = (f"{LIB}/session.js",)           # installed by earlier versions, removed
 AUTH_SERVICE = "appliance-auth"             # its systemd units
 AUTH_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.service"
 AUTH_SOCKET_UNIT = f"/etc/systemd/system/{AUTH_SERVICE}.socket"
 AUTH_SOCKET = f"/run/{AUTH_SERVICE}/auth.sock"
+SESSION_SERVICE = "appliance-session"       # remakes SESSION_NGINX and reloads nginx when the htpasswd or key changes
+SESSION_UNIT = f"/etc/systemd/system/{SESSION_SERVICE}.service"
+SESSION_PATH_UNIT = f"/etc/systemd/system/{SESSION_SERVICE}.path"
 ACME_SCRIPT = f"{LIB}/acme.py"              # obtain, renew, install, remove (appliance/server/acme.py)
 ACME_SERVICE = "appliance-certbot"          # its units: the renewal service and its timer
 ACME_UNIT = f"/etc/systemd/system/{ACME_SERVICE}.service"
@@ -148,6 +153,12 @@ def role_vars(user):
         "web_auth_service": AUTH_SERVICE,
         "web_session_key": SESSION_KEY,
         "web_session_key_mode": SECRET_MODE,
+        "web_session_nginx": SESSION_NGINX,
+        "web_session_nginx_mode": SESSION_NGINX_MODE,
+        "web_session_service": SESSION_SERVICE,
+        "web_authd": AUTHD,
+        "web_htpasswd": HTPASSWD,
+        "web_obsolete_files": list(OBSOLETE),
         "web_tls_cert": TLS_CERT,
         "web_tls_key": TLS_KEY,
         "web_tls_key_mode": TLS_KEY_MODE,

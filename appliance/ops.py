@@ -214,8 +214,9 @@ def passwd(cfg, say=print):
     """Set a new password: written here, then installed atomically on the server; old sessions end."""
     with session(cfg, say) as (target, state):
         where = auth.ensure_htpasswd(cfg, state, force_new=True)
+        # the path unit would notice it too; starting its service here waits until nginx has the new signing key
         r = ssh.remote(target, "install", layout.HTPASSWD, layout.SECRET_MODE, layout.WEB_GROUP,
-                       input=state.read("htpasswd"), capture_output=True)
+                       f"{layout.SESSION_SERVICE}.service", input=state.read("htpasswd"), capture_output=True)
     if r.returncode != 0:
         raise DeployError("the new password is saved here but the server did not take it "
                           f"({r.stderr.decode(errors='replace').strip()[-200:]}); run `up` to apply it")

@@ -28,7 +28,8 @@ GRAMMAR = {"managed": r"[A-Za-z0-9 ,.;]+", "server_names": _NAME,
            "auth_socket": _PATH, "web_group": r"[a-z_][a-z0-9_-]{0,31}", "jupyter_socket": _PATH,
            "container_socket": _PATH, "notebook_dir": _PATH, "client_max_body_size": r"[1-9][0-9]*[kmg]?",
            "user": r"[a-z_][a-z0-9_-]{0,31}", "tokens": _PATH, "token_header": r"X-[A-Za-z-]{1,64}",
-           "session_key": _PATH, "session_js": _PATH, "session_cookie": r"(__Host-)?[a-z-]{1,64}",
+           "session_key": _PATH, "session_nginx": _PATH, "session_service": r"[a-z0-9-]+",
+           "session_cookie": r"(__Host-)?[a-z-]{1,64}",
            "identity_provider": r"[a-z_]+(\.[A-Za-z_]+)+", "access_log": _PATH,
            "dask_dashboard": r"(127\.0\.0\.1:[0-9]{1,5})?",
            # --tls acme (an empty value: not given)
@@ -90,7 +91,8 @@ def template_context(cfg, nginx_version=None, cluster=False):
         "tokens": layout.TOKENS,
         "token_header": layout.TOKEN_HEADER,
         "session_key": layout.SESSION_KEY,
-        "session_js": layout.SESSION_JS,
+        "session_nginx": layout.SESSION_NGINX,
+        "session_service": layout.SESSION_SERVICE,
         "session_cookie": layout.SESSION_COOKIE,
         "identity_provider": layout.IDENTITY_PROVIDER,
         "access_log": layout.NGINX_ACCESS_LOG,
@@ -152,8 +154,10 @@ def render(cfg, state, out_dir, nginx_version=None, cluster=False):
             env.get_template("appliance-auth.socket.j2").render(context),
         ServerFile(layout.AUTHD, public, "root", auth_service):
             (Path(__file__).parent / "server" / "authd.py").read_bytes(),
-        ServerFile(layout.SESSION_JS, public, "root", nginx):
-            (Path(__file__).parent / "server" / "session.js").read_bytes(),
+        ServerFile(layout.SESSION_UNIT, public, "root", layout.SESSION_SERVICE):
+            env.get_template("appliance-session.service.j2").render(context),
+        ServerFile(layout.SESSION_PATH_UNIT, public, "root", layout.SESSION_SERVICE):
+            env.get_template("appliance-session.path.j2").render(context),
     }
     if acme:  # nginx's certificate and key are the server's business (appliance/server/acme.py); the private
         # CA's wait beside them. The settings go first: the switch back to --tls private looks for them.

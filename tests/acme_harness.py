@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from appliance import config, layout, render
+from appliance.server import authd
 
 
 def free_port():
@@ -73,9 +74,11 @@ def acme_site(domain, flags=None):
                     .replace(layout.ACME_WEBROOT, str(webroot)).replace(layout.NGINX_ACCESS_LOG, f"{base}/access.log")
                     .replace(layout.JUPYTER_SOCKET_DIR, f"{base}/run")
                     .replace(str(Path(layout.AUTH_SOCKET).parent), f"{base}/auth"))
+    # nginx's part of the session check, made on the server (no key here: a random one, no cookie is good)
+    authd.nginx_secret(None, out / layout.HTPASSWD.lstrip("/"), out / layout.SESSION_NGINX.lstrip("/"))
     conf = base / "nginx.conf"
     conf.write_text(f"user www-data;\nworker_processes 1;\npid {base}/nginx.pid;\nerror_log {base}/error.log;\n"
-                    "include /etc/nginx/modules-enabled/*.conf;\n"  # as Debian's nginx.conf: njs (session.js)
+                    "include /etc/nginx/modules-enabled/*.conf;\n"  # as Debian's nginx.conf
                     f"events {{ worker_connections 64; }}\nhttp {{\n    include /etc/nginx/mime.types;\n"
                     f"    access_log {base}/access.log;\n    client_body_temp_path {base}/body;\n"
                     f"    proxy_temp_path {base}/proxy;\n    include {site};\n}}\n")

@@ -19,7 +19,6 @@ from appliance.errors import ApplianceError  # noqa: E402
 
 DEBIAN_PACKAGES = ["nginx", "apache2-utils", "openssl", "debootstrap", "chromium", "openssh-client", "openssh-server",
                    "python3-bcrypt", "certbot", "pebble",  # certbot and Pebble: tests/test_acme_certbot.py
-                   "libnginx-mod-http-js",  # njs: the session cookie (appliance/server/session.js)
                    "wrk",  # bench/load.py's parsing of its output: tests/test_bench_load.py
                    "iproute2"]  # tc: the shaped uplink of tests/test_e2e_build_on_server.py
 NODE_PACKAGES = ["nodejs", "npm"]  # for @jupyterlab/services; only when no npm is there (another build may be)

@@ -269,8 +269,11 @@ def test_a_password_login_gets_a_session_cookie(sessions):
     assert (status, name) == (204, None)
     expiry, user, mac = _cookie_value(set_cookie).split(".")
     assert (int(expiry), user) == (1_000_000 + authd.SESSION_SECONDS, "ZHM")  # base64url of "ds"
-    assert mac == authd.session_mac(key.read_bytes(), hashlib.sha256(htpasswd.read_bytes()).digest(),
-                                    f"{expiry}.{user}")
+    signing = authd.signing_key(key.read_bytes(), hashlib.sha256(htpasswd.read_bytes()).digest())
+    assert mac == authd.session_mac(signing, f"{expiry}.{user}")
+    # the MD5 envelope nginx's secure_link computes from the site's `secure_link_md5 "<signing>${payload}<signing>"`
+    assert mac == base64.urlsafe_b64encode(hashlib.md5(f"{signing}{expiry}.{user}{signing}".encode()).digest()
+                                           ).rstrip(b"=").decode()
     assert set_cookie.split("; ")[1:] == [f"Max-Age={authd.SESSION_SECONDS}", "Path=/", "Secure", "HttpOnly",
                                           "SameSite=Strict"]
     assert v.login(header("ds", "right password"), "10.2.0.1")[2]  # a remembered login gets one too
@@ -309,13 +312,31 @@ def test_a_password_change_during_a_check_issues_no_cookie(sessions, monkeypatch
         assert old.result(timeout=30) == (401, None, None)
     status, _, set_cookie = v.login(header("ds", "right password"), "10.2.3.1")
     expiry, user, mac = _cookie_value(set_cookie).split(".")  # the new file's MAC
-    assert mac == authd.session_mac(Path(v.session_key_path).read_bytes(), hashlib.sha256(htpasswd.read_bytes())
-                                    .digest(), f"{expiry}.{user}")
+    signing = authd.signing_key(Path(v.session_key_path).read_bytes(), hashlib.sha256(htpasswd.read_bytes()).digest())
+    assert mac == authd.session_mac(signing, f"{expiry}.{user}")
+
+
+def test_nginx_gets_the_signing_key_for_the_files_as_they_are(sessions, tmp_path):
+    v, key, htpasswd = sessions
+    out = tmp_path / "session-nginx.conf"
+    assert authd.nginx_secret(key, htpasswd, out)
+    signing = authd.signing_key(key.read_bytes(), hashlib.sha256(htpasswd.read_bytes()).digest())
+    assert f'secure_link_md5 "{signing}${{appliance_session_payload}}{signing}";' in out.read_text()
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert not authd.nginx_secret(key, htpasswd, out)  # the same files: unchanged (nginx is not reloaded)
+    htpasswd.write_bytes(htpasswd.read_bytes() + b"\n")  # any change of the file, even one that changes no password
+    assert authd.nginx_secret(key, htpasswd, out) and signing not in out.read_text()
+    texts = set()
+    for short in (os.urandom(authd.SESSION_KEY_BYTES - 1), None):  # no usable key: a random one every time
+        key.unlink()
+        if short:
+            key.write_bytes(short)
+        assert authd.nginx_secret(key, htpasswd, out)
+        texts.add(out.read_text())
+    assert len(texts) == 2 and not list(tmp_path.glob("session-nginx.conf.new-*"))
 
 
 def test_the_names_nginx_and_the_verifier_share():
-    js = (Path(authd.__file__).parent / "session.js").read_text()
-    assert f"const KEY_BYTES = {authd.SESSION_KEY_BYTES};" in js
     assert authd.SESSION_COOKIE == layout.SESSION_COOKIE
     site = (Path(authd.__file__).parents[2] / "templates/nginx-site.conf.j2").read_text()
     assert f"$upstream_http_{authd.SESSION_HEADER.lower().replace('-', '_')};" in site

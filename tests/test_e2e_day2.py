@@ -126,6 +126,32 @@ def test_passwd_takes_effect_at_once(appliance):
     assert r.returncode == 0 and api(appliance).get(f"{URL}/api/status").status_code == 200
 
 
+def test_a_password_file_changed_by_hand_ends_every_session(appliance):
+    """Not only `passwd`: any change of the htpasswd on the server makes the path unit give nginx a new signing
+    key, so a session cookie issued before is no login any more (without that unit it would stay good for its
+    15 minutes: tests/test_nginx.py::test_a_new_htpasswd_ends_every_session_at_once)."""
+    s = api(appliance)
+    assert s.get(f"{URL}/api/status").status_code == 200
+    cookie = s.cookies.get(layout.SESSION_COOKIE)
+
+    def cookie_only():
+        return requests.get(f"{URL}/api/status", headers={"Cookie": f"{layout.SESSION_COOKIE}={cookie}"},
+                            verify=appliance["ca"], timeout=10).status_code
+
+    assert cookie and cookie_only() == 200
+    in_droplet("sh", "-c", f"printf '\\n' >> {layout.HTPASSWD}")  # by hand, and no password changes
+    try:
+        started = time.monotonic()
+        while cookie_only() == 200:
+            assert time.monotonic() - started < 10, "the session outlived a new htpasswd"
+            time.sleep(0.05)
+        print(f"\nsession ended {time.monotonic() - started:.2f} s after the htpasswd changed")
+        assert api(appliance).get(f"{URL}/api/status").status_code == 200  # the password still lets in
+    finally:
+        in_droplet("truncate", "-s", "-1", layout.HTPASSWD)
+    assert in_droplet("systemctl", "is-active", f"{layout.SESSION_SERVICE}.path").strip() == "active"
+
+
 def test_drill_killed_notebook_server_comes_back(appliance):
     restarts = in_droplet("docker", "inspect", "-f", "{{.RestartCount}}", "jupyter").strip()
     pid = in_droplet("docker", "inspect", "-f", "{{.State.Pid}}", "jupyter").strip()

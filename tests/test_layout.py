@@ -58,7 +58,7 @@ def test_every_rendered_file_has_a_role_and_a_known_service(tmp_path, tls):
                                  env={"APPLIANCE_PASSWORD": "a long test password"})
     files = render.render(cfg, state, tmp_path / "out")
     services = {layout.NGINX: "web", layout.AUTH_SERVICE: "web", layout.CONTAINER: "jupyter",
-                layout.ACME_SERVICE: "web"}
+                layout.ACME_SERVICE: "web", layout.SESSION_SERVICE: "web"}
     for f in files:
         assert f.service == "" or services[f.service] == f.role, f
     by_path = {f.path: f for f in files}
@@ -182,7 +182,7 @@ def _templated(expression, variables):
     return Templar(loader=DataLoader(), variables=variables).template(trust_as_template(expression))
 
 
-WEB_PACKAGES = ["nginx", "libnginx-mod-http-js", "python3-bcrypt"]  # njs: the session cookie's check
+WEB_PACKAGES = ["nginx", "python3-bcrypt"]
 
 
 @pytest.mark.parametrize("tls, packages", [("private", WEB_PACKAGES), ("acme", WEB_PACKAGES + ["certbot"])])

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -107,6 +108,7 @@ def site():
     session_key.write_bytes(os.urandom(32))
     shutil.chown(session_key, "root", layout.WEB_GROUP)
     os.chmod(session_key, int(layout.SECRET_MODE, 8))
+    authd.nginx_secret(session_key, out / layout.HTPASSWD.lstrip("/"), out / layout.SESSION_NGINX.lstrip("/"))
     run = base / "run"
     run.mkdir()
     shutil.chown(run, "root", "www-data")
@@ -114,7 +116,7 @@ def site():
     (base / "auth").mkdir()
     shutil.chown(base / "auth", "www-data", "www-data")
     # As on the server: Debian's python3 and python3-bcrypt, as nginx's user.
-    authd = subprocess.Popen(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
+    verifier = subprocess.Popen(["setpriv", "--reuid=www-data", "--regid=www-data", "--init-groups",
                               "/usr/bin/python3", f"{out}{layout.AUTHD}",
                               f"--htpasswd={out}{layout.HTPASSWD}", f"--tokens={out}{layout.TOKENS}",
                               f"--session-key={session_key}", f"--socket={base}/auth/auth.sock"])
@@ -135,17 +137,32 @@ def site():
         _wait(lambda: _listening(HTTP) and _listening(HTTPS), "nginx")
         yield {"cfg": cfg, "out": out, "state": state, "cert": cert, "base": base,
                "ca": str(out / layout.CA_CERT.lstrip("/")), "url": f"https://127.0.0.1:{HTTPS}",
-               "authd_pid": authd.pid, "jupyter_log": base / "jupyter.log",
+               "authd_pid": verifier.pid, "jupyter_log": base / "jupyter.log", "nginx_pid": nginx.pid,
                "tokens": token_clients.local_tokens_server(out / layout.TOKENS.lstrip("/"), base / "auth/auth.sock")}
     finally:
         if nginx:
             nginx.terminate()
             nginx.wait(10)
-        for process in (jupyter, authd):
+        for process in (jupyter, verifier):
             process.terminate()
             process.wait(10)
         jupyter_log.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _children(pid):
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _sessions_remade(site):
+    """What the path unit does on the server when the htpasswd or the session key changes (appliance-session):
+    nginx's signing key made again from both files and, when it changed, nginx reloaded."""
+    out = site["out"]
+    if authd.nginx_secret(out / layout.SESSION_KEY.lstrip("/"), out / layout.HTPASSWD.lstrip("/"),
+                          out / layout.SESSION_NGINX.lstrip("/")):
+        old = _children(site["nginx_pid"])
+        os.kill(site["nginx_pid"], signal.SIGHUP)
+        _wait(lambda: (lambda now: now and not now & old)(_children(site["nginx_pid"])), "nginx's reload")
 
 
 def _session(site, password=PASSWORD):
@@ -239,10 +256,12 @@ def test_new_password_ends_old_sessions(site):
     try:
         subprocess.run(["htpasswd", "-b", "-B", "-C", "10", str(htpasswd), site["cfg"].user, "a new password"],
                        check=True, capture_output=True)
+        _sessions_remade(site)
         assert s.get(f"{site['url']}/api/status").status_code == 401
         assert _session(site, "a new password").get(f"{site['url']}/api/status").status_code == 200
     finally:
         htpasswd.write_bytes(old)
+        _sessions_remade(site)
     assert s.get(f"{site['url']}/api/status").status_code == 200
 
 
@@ -329,6 +348,7 @@ def _unauthenticated_status(site, host, source):
         render.render(cfg, state, out)
         site_file = out / layout.NGINX_SITE.lstrip("/")
         site_file.write_text(_rebase(site_file.read_text(), out, site["base"]))
+        authd.nginx_secret(None, out / layout.HTPASSWD.lstrip("/"), out / layout.SESSION_NGINX.lstrip("/"))
         conf = _nginx_conf(base, out)
         check = subprocess.run(["nginx", "-t", "-c", str(conf)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
@@ -550,12 +570,12 @@ def _answered(site):
 
 
 def _request(site, path="/api/status", method="GET", cookie=None, password=None, authorization=None, body=None,
-             source="127.0.0.1"):
+             source="127.0.0.1", cookie_header="_xsrf=t"):
     """(status, headers, body) of one request with exactly the login given: a session cookie's value, a Basic
     password, or an Authorization header of any kind."""
     ctx = ssl.create_default_context(cafile=site["ca"])
     conn = http.client.HTTPSConnection("127.0.0.1", HTTPS, context=ctx, source_address=(source, 0), timeout=30)
-    headers = {"Cookie": "_xsrf=t", "X-XSRFToken": "t"}
+    headers = {"Cookie": cookie_header, "X-XSRFToken": "t"}
     if cookie is not None:
         headers["Cookie"] += f"; {layout.SESSION_COOKIE}={cookie}"
     if password is not None:
@@ -580,7 +600,7 @@ def _cookie(site, user=None, expires_in=600, key=None, htpasswd=None):
     htpasswd = htpasswd or (site["out"] / layout.HTPASSWD.lstrip("/")).read_bytes()
     user = base64.urlsafe_b64encode((user or site["cfg"].user).encode()).rstrip(b"=").decode()
     payload = f"{int(time.time()) + expires_in}.{user}"
-    return f"{payload}.{authd.session_mac(key, hashlib.sha256(htpasswd).digest(), payload)}"
+    return f"{payload}.{authd.session_mac(authd.signing_key(key, hashlib.sha256(htpasswd).digest()), payload)}"
 
 
 def _login(site, password=PASSWORD):
@@ -654,6 +674,16 @@ def test_a_cookie_that_is_not_valid_is_no_login(site):
     assert _answered(site) == before + len(bad)
 
 
+def test_only_the_session_cookie_itself_is_read(site):
+    valid, name = _cookie(site), layout.SESSION_COOKIE
+    assert _request(site, cookie_header=f"_xsrf=t;{name}={valid}; b=2")[0] == 200  # among others, any spacing
+    before = _answered(site)
+    for header in (f"x{name}={valid}", f"other={name}={valid}", f"{name}={valid}x", f"{name}={valid}.x",
+                   f'{name}="{valid}"', f"{name.lower()}={valid}", f"{name}={valid.replace('.', '.x', 1)}"):
+        assert _request(site, cookie_header=header)[0] == 401, header
+    assert _answered(site) == before  # no login at all: nginx's own 401s
+
+
 def test_a_new_htpasswd_ends_every_session_at_once(site):
     cookie = _login(site)
     assert _request(site, cookie=cookie)[0] == 200
@@ -662,29 +692,38 @@ def test_a_new_htpasswd_ends_every_session_at_once(site):
     try:
         subprocess.run(["htpasswd", "-b", "-B", "-C", "10", str(htpasswd), site["cfg"].user, "a new password"],
                        check=True, capture_output=True)
-        assert _request(site, cookie=cookie)[0] == 401  # the next request, no reload of anything
+        # nginx knows nothing of the file: until the signing key is made again (the path unit's work on the
+        # server, tests/test_e2e.py) the old cookie is still good; the password that came with it is not
+        assert _request(site, cookie=cookie)[0] == 200
+        _sessions_remade(site)
+        assert _request(site, cookie=cookie)[0] == 401
         assert _request(site, cookie=cookie, password=PASSWORD)[0] == 401
         fresh = _login(site, "a new password")
         assert _request(site, cookie=fresh)[0] == 200
         htpasswd.write_bytes(old + b"\n")  # any change of the file, even one that changes no password
+        _sessions_remade(site)
         assert _request(site, cookie=fresh)[0] == 401
     finally:
         htpasswd.write_bytes(old)
+        _sessions_remade(site)
 
 
 def test_without_the_key_there_is_no_session_and_the_login_still_works(site):
     key = site["out"] / layout.SESSION_KEY.lstrip("/")
     cookie, saved = _login(site), key.read_bytes()
     key.unlink()
+    _sessions_remade(site)
     try:
         assert _request(site, cookie=cookie)[0] == 401
         status, headers, _ = _request(site, cookie=cookie, password=PASSWORD)
         assert status == 200 and not _session_cookies(headers)  # every request asks the verifier, as before
         key.write_bytes(saved[:16])  # too short to be a key: refused both ways
-        assert _request(site, cookie=_cookie(site))[0] == 401
+        _sessions_remade(site)
+        assert _request(site, cookie=_cookie(site, key=saved[:16]))[0] == 401
         assert not _session_cookies(_request(site, password=PASSWORD)[1])
     finally:
         key.write_bytes(saved)
+        _sessions_remade(site)
     assert _request(site, cookie=cookie)[0] == 200
 
 

@@ -29,12 +29,15 @@ Session cookies (so that most requests never reach this verifier):
 * When a Basic login is let in (checked with bcrypt or remembered), the answer carries SESSION_HEADER: a
   Set-Cookie value for SESSION_COOKIE, which nginx passes to the browser (`Secure; HttpOnly;
   SameSite=Strict; Path=/`, Max-Age SESSION_SECONDS). Never for a token, a 401 or a 403.
-* The value is "expiry.user.mac": expiry in epoch seconds, the user in base64url, and mac = HMAC-SHA256 of
-  "expiry.user" under HMAC-SHA256(session key, SHA-256 of the htpasswd file that let the login in),
-  base64url. nginx checks it itself (session.js, njs, reading both files on every check): a valid cookie
-  is proxied with no question to this verifier, so a new htpasswd ends every session at once with no
-  reload. The session key (--session-key, SESSION_KEY_BYTES random bytes made on the server by the web
-  role) is re-read for every cookie issued; without it no cookie is issued and every request is asked here.
+* The value is "expiry.user.mac": expiry in epoch seconds, the user in base64url, and mac = MD5 of
+  signing + "expiry.user" + signing (the envelope MAC nginx's secure_link module checks), base64url, where
+  signing = hex of HMAC-SHA256(session key, SHA-256 of the htpasswd file that let the login in). nginx
+  checks it itself, with no script and no file read (docs/security.md, "Session cookies"): a valid cookie is
+  proxied with no question to this verifier. nginx gets signing from a file made here (--nginx-secret, run
+  by appliance-session.service whenever the htpasswd file or the key changes, then nginx reloads), so a new
+  htpasswd ends every session at once. The session key (--session-key, SESSION_KEY_BYTES random bytes made
+  on the server by the web role) is re-read for every cookie issued; without it no cookie is issued and
+  nginx gets a random signing that no cookie matches.
 * A request with no Authorization header, no token parameter and no valid cookie is answered 401 by nginx
   itself (the same WWW-Authenticate as here): such floods cost this verifier nothing.
 * The cookie is short-lived on purpose: the browser keeps sending its Basic login, so when the cookie has
@@ -68,6 +71,7 @@ Tokens (for tools: VS Code, a local JupyterLab, scripts) are checked here too:
 Runs on the server with Python's standard library and bcrypt (Debian's
 python3-bcrypt), listening on a unix socket only.
 Usage: authd.py --htpasswd FILE [--tokens FILE] [--session-key FILE] --socket PATH
+       authd.py --htpasswd FILE --session-key FILE --nginx-secret FILE  (writes it, reloads nginx, exits)
 """
 import argparse
 import base64
@@ -80,9 +84,12 @@ import re
 import secrets
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import bcrypt
 
@@ -97,9 +104,9 @@ BCRYPT_WAIT = 10         # seconds a check may wait for a slot
 MAX_AUTHORIZATION = 1024  # longer headers are not a login (bcrypt reads 72 bytes of a password)
 TOKEN_HEADER = "X-Appliance-Token"   # the name of the token that let a request in (nginx passes it on)
 SESSION_HEADER = "X-Appliance-Session"  # after a password login: the Set-Cookie value nginx passes to the browser
-SESSION_COOKIE = "__Host-appliance-session"  # the session cookie, checked by nginx itself (session.js)
+SESSION_COOKIE = "__Host-appliance-session"  # the session cookie, checked by nginx itself (secure_link)
 SESSION_SECONDS = 15 * 60            # a session cookie's lifetime; the browser's next Basic login gets a new one
-SESSION_KEY_BYTES = 32               # a shorter key file issues no cookie (session.js refuses it too)
+SESSION_KEY_BYTES = 32               # a shorter key file issues no cookie (and nginx accepts none)
 URI_HEADER = "X-Appliance-Uri"       # the URI nginx proxies: the original one without its token parameters
 LAST_USED_PATH = "/last-used"        # JSON {token name: epoch seconds}, for `provision.py token list`
 ANSWERED_PATH = "/answered"          # JSON {"answered": requests nginx asked about}, for the tests and bench
@@ -294,23 +301,88 @@ class Verifier:
     def session_cookie(self, user, passwords):
         """The Set-Cookie value of a new session for user, let in by the htpasswd file whose SHA-256 is
         passwords; None without a session key (no cookie: every request asks the verifier, as before)."""
-        try:
-            with open(self.session_key_path, "rb") as f:
-                secret = f.read()
-        except (OSError, TypeError):
-            return None
-        if len(secret) < SESSION_KEY_BYTES:
+        secret = _session_key(self.session_key_path)
+        if secret is None:
             return None
         payload = f"{int(self.wall()) + SESSION_SECONDS}.{_b64(user.encode())}"
-        return (f"{SESSION_COOKIE}={payload}.{session_mac(secret, passwords, payload)}; Max-Age={SESSION_SECONDS}; "
-                "Path=/; Secure; HttpOnly; SameSite=Strict")
+        return (f"{SESSION_COOKIE}={payload}.{session_mac(signing_key(secret, passwords), payload)}; "
+                f"Max-Age={SESSION_SECONDS}; Path=/; Secure; HttpOnly; SameSite=Strict")
 
 
-def session_mac(secret, passwords, payload):
-    """The MAC of a session cookie's payload ("expiry.user"), as nginx's session.js computes it: HMAC-SHA256
-    under HMAC-SHA256(secret, SHA-256 of the htpasswd file), base64url without padding."""
-    key = hmac.new(secret, passwords, hashlib.sha256).digest()
-    return _b64(hmac.new(key, payload.encode(), hashlib.sha256).digest())
+def _session_key(path):
+    try:
+        with open(path, "rb") as f:
+            secret = f.read()
+    except (OSError, TypeError):
+        return None
+    return secret if len(secret) >= SESSION_KEY_BYTES else None
+
+
+def signing_key(secret, passwords):
+    """What nginx signs with for this session key and htpasswd file (passwords: its SHA-256): 64 hex digits."""
+    return hmac.new(secret, passwords, hashlib.sha256).hexdigest()
+
+
+def session_mac(signing, payload):
+    """The MAC of a session cookie's payload ("expiry.user") as nginx's secure_link computes it from the site's
+    `secure_link_md5 "<signing>${payload}<signing>"`: MD5 of the three, base64url without padding."""
+    return _b64(hashlib.md5(f"{signing}{payload}{signing}".encode()).digest())
+
+
+def nginx_secret(key_path, htpasswd_path, out_path):
+    """Write nginx's part of the session check (the signing key for the key and htpasswd files as they are now;
+    a random one when there is no usable key: no cookie is accepted then) to out_path, root 0600, atomically;
+    True when it changed."""
+    secret = _session_key(key_path)
+    with open(htpasswd_path, "rb") as f:
+        passwords = hashlib.sha256(f.read()).digest()
+    signing = signing_key(secret, passwords) if secret else secrets.token_hex(32)
+    text = ("# Made by authd.py --nginx-secret from the session key and the htpasswd file: do not edit.\n"
+            f'secure_link_md5 "{signing}${{appliance_session_payload}}{signing}";\n')
+    try:
+        with open(out_path) as f:
+            if f.read() == text and secret:
+                return False
+    except OSError:
+        pass
+    tmp = f"{out_path}.new-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, out_path)
+    return True
+
+
+def _nginx_workers(pid_file):
+    """{pid: process title} of nginx's workers (none when it does not run)."""
+    try:
+        with open(pid_file) as f:
+            master = f.read().strip()
+    except OSError:
+        return {}
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == master:
+                found[stat.parent.name] = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError):
+            pass
+    return found
+
+
+def reload_nginx(pid_file="/run/nginx.pid", timeout=30):
+    """Reload nginx (when it runs) and return once no worker of the old configuration takes a request any more:
+    each has quit or is shutting down (it closed its idle keep-alive connections). A reload alone returns
+    before that, and a browser's open connection would still be served with the old signing key."""
+    old = _nginx_workers(pid_file)
+    subprocess.run(["systemctl", "try-reload-or-restart", "nginx.service"], check=True)
+    deadline = time.monotonic() + timeout
+    while old and time.monotonic() < deadline:
+        now = _nginx_workers(pid_file)
+        if set(now) - set(old) and all("shutting down" in now[p] for p in set(now) & set(old)):
+            return True
+        time.sleep(0.02)
+    return not old
 
 
 def _b64(data):
@@ -410,8 +482,18 @@ def main(argv=None):
     p.add_argument("--htpasswd", required=True)
     p.add_argument("--tokens", help="the token file (JSON; may not exist yet)")
     p.add_argument("--session-key", help="the session cookies' key file (no cookies without it)")
-    p.add_argument("--socket", required=True)
+    p.add_argument("--socket")
+    p.add_argument("--nginx-secret", metavar="FILE", help="write nginx's session check for the key and htpasswd "
+                   "files as they are now to FILE, reload nginx when it changed, and exit")
     args = p.parse_args(argv)
+    if args.nginx_secret:
+        if nginx_secret(args.session_key, args.htpasswd, args.nginx_secret):
+            print("changed")
+            if not reload_nginx():
+                sys.exit("nginx did not load the new session key (see its error log): old sessions may go on")
+        return
+    if not args.socket:
+        p.error("--socket is needed to serve")
     Handler.verifier = Verifier(args.htpasswd, tokens_path=args.tokens, session_key_path=args.session_key)
     Handler.verifier._reload()
     if os.environ.get("LISTEN_FDS") == "1":  # systemd socket activation: the socket outlives restarts

@@ -303,9 +303,12 @@ def delivery(tag, label, root, *index_hosts):
                       "index": all(_reaches(*h.rsplit(":", 1)) for h in index_hosts)}))
 
 
-def install(path, mode, group):
-    """Atomically replace path with stdin (root-owned, mode and group as given)."""
+def install(path, mode, group, *then):
+    """Atomically replace path with stdin (root-owned, mode and group as given); then start the units given
+    (oneshot ones: once they have run)."""
     _replace(path, sys.stdin.buffer.read(), mode, group)
+    for unit in then:
+        subprocess.run(["systemctl", "start", unit], check=True, stdout=subprocess.DEVNULL)
 
 
 def _replace(path, data, mode, group):
