@@ -296,7 +296,11 @@ def write_report(rows, extra, path, img=None):
              f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, "
              "the local droplet (`python3 bench/run.py`). Direct = Jupyter's unix socket from inside the droplet "
              "(P3: through an SSH tunnel to it); appliance = https://127.0.0.1 through nginx, TLS 1.3 and the "
-             "login verifier. Both measured in the same run, from the same place.", "",
+             "login verifier. Both measured in the same run, from the same place. \"interleaved\": one request "
+             "direct, one through the appliance, in turn on two kept-alive connections, so both sides see the same "
+             "machine at the same moment; the other keep-alive rows time each side in a run of its own, minutes "
+             "apart, where the machine's drift and a side's own steady state (the direct side alone is two "
+             "processes ping-ponging on two cores) move the ratio from run to run.", "",
              "| figure | direct | appliance | ratio | goal |", "|---|---|---|---|---|"]
     for name, direct, appliance, unit in rows:
         ratio = appliance / direct if direct else float("nan")
