@@ -150,19 +150,15 @@ def site():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _children(pid):
-    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-
-
 def _sessions_remade(site):
     """What the path unit does on the server when the htpasswd or the session key changes (appliance-session):
-    nginx's signing key made again from both files and, when it changed, nginx reloaded."""
+    nginx's signing key made again from both files and, when it changed, nginx reloaded (here with a signal to
+    the test's own nginx) and its old workers waited for, by the same code."""
     out = site["out"]
     if authd.nginx_secret(out / layout.SESSION_KEY.lstrip("/"), out / layout.HTPASSWD.lstrip("/"),
                           out / layout.SESSION_NGINX.lstrip("/")):
-        old = _children(site["nginx_pid"])
-        os.kill(site["nginx_pid"], signal.SIGHUP)
-        _wait(lambda: (lambda now: now and not now & old)(_children(site["nginx_pid"])), "nginx's reload")
+        assert authd.reload_nginx(site["base"] / "nginx.pid",
+                                  reload=lambda: os.kill(site["nginx_pid"], signal.SIGHUP))
 
 
 def _session(site, password=PASSWORD):

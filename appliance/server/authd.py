@@ -370,12 +370,17 @@ def _nginx_workers(pid_file):
     return found
 
 
-def reload_nginx(pid_file="/run/nginx.pid", timeout=30):
-    """Reload nginx (when it runs) and return once no worker of the old configuration takes a request any more:
-    each has quit or is shutting down (it closed its idle keep-alive connections). A reload alone returns
-    before that, and a browser's open connection would still be served with the old signing key."""
-    old = _nginx_workers(pid_file)
+def _systemd_reload():
     subprocess.run(["systemctl", "try-reload-or-restart", "nginx.service"], check=True)
+
+
+def reload_nginx(pid_file="/run/nginx.pid", timeout=30, reload=_systemd_reload):
+    """Reload nginx (when it runs; reload: how to ask it) and return once no worker of the old configuration
+    takes a request any more: each has quit or is shutting down (it closed its idle keep-alive connections).
+    A reload alone returns before that, and a browser's open connection would still be served with the old
+    signing key. False when no new workers came within timeout."""
+    old = _nginx_workers(pid_file)
+    reload()
     deadline = time.monotonic() + timeout
     while old and time.monotonic() < deadline:
         now = _nginx_workers(pid_file)
